@@ -1,0 +1,19 @@
+"""Efficient attention in pure JAX: every mechanism with one signature.
+
+`query [B, T, N, H]`, `key/value [B, S, K, H]` -> `[B, T, N, H]`, the
+arguments of `jax.nn.dot_product_attention`; see `attention.shapes` for the
+legend. Mechanisms are also reachable by name: `attention.get(name)`.
+"""
+
+from attention.blockwise import blockwise_attention
+from attention.reference import dot_product_attention
+from attention.registry import Mechanism, get, names, register
+
+__all__ = [
+    'Mechanism',
+    'blockwise_attention',
+    'dot_product_attention',
+    'get',
+    'names',
+    'register',
+]

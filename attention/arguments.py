@@ -1,0 +1,93 @@
+"""Parsing the arguments every mechanism shares, in one place.
+
+Each public attention function calls `parse` first: it applies Flax's
+`dtype`, refuses the Flax settings no kernel here honours, checks shapes
+(`attention.shapes`) and normalises the scale, window and lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+from attention import shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class Arguments:
+  """Checked inputs of one attention call."""
+
+  query: Any  # [B, T, N, H]
+  key: Any  # [B, S, K, H]
+  value: Any  # [B, S, K, H]
+  dims: shapes.Dims
+  scale: float
+  window: tuple[int, int] | None  # (left, right)
+  q_len: Any  # int32 [B] or None
+  kv_len: Any  # int32 [B] or None
+
+
+def parse(name, query, key, value, *, scale, local_window_size,
+          query_seq_lengths, key_value_seq_lengths, dtype, dropout_rate,
+          deterministic, module) -> Arguments:
+  """Checks and normalises the shared arguments of mechanism `name`."""
+  check_flax_options(name, dropout_rate=dropout_rate,
+                     deterministic=deterministic, module=module)
+  if dtype is not None:
+    query, key, value = (jnp.asarray(x, dtype) for x in (query, key, value))
+  dims = shapes.check_qkv(query, key, value)
+  q_len = kv_len = None
+  if query_seq_lengths is not None:
+    q_len = shapes.check_lengths('query_seq_lengths', query_seq_lengths, dims)
+  if key_value_seq_lengths is not None:
+    kv_len = shapes.check_lengths('key_value_seq_lengths',
+                                  key_value_seq_lengths, dims)
+  return Arguments(query=query, key=key, value=value, dims=dims,
+                   scale=default_scale(scale, dims.H),
+                   window=window_pair(local_window_size), q_len=q_len,
+                   kv_len=kv_len)
+
+
+def window_pair(local_window_size) -> tuple[int, int] | None:
+  """Normalises `local_window_size` (int or (left, right)) to a pair."""
+  if local_window_size is None:
+    return None
+  pair = local_window_size
+  if isinstance(pair, int):
+    pair = (pair, pair)
+  if (not isinstance(pair, (tuple, list)) or len(pair) != 2 or
+      not all(isinstance(w, int) and w >= 0 for w in pair)):
+    raise ValueError(
+        'local_window_size must be a non-negative int or a pair (left, right) '
+        f'of them, got {local_window_size!r}')
+  return tuple(pair)
+
+
+def default_scale(scale, head_dim: int) -> float:
+  """`scale`, or `1 / sqrt(head_dim)` when None; a Python number."""
+  if scale is None:
+    return 1.0 / math.sqrt(head_dim)
+  if not isinstance(scale, (int, float)):
+    raise ValueError(f'scale must be a Python number, got {type(scale)}')
+  return float(scale)
+
+
+def check_flax_options(name, *, dropout_rate, deterministic, module):
+  """Rejects the Flax `attention_fn` settings a fused kernel cannot honour.
+
+  `dropout_rng`, `broadcast_dropout`, `dtype` and `precision` are accepted by
+  the callers; a non-zero attention dropout rate while not deterministic, and
+  a `module` to sow attention weights into (no kernel here forms them), raise.
+  """
+  if dropout_rate and not deterministic:
+    raise ValueError(
+        f'{name} does not implement attention dropout: got dropout_rate='
+        f'{dropout_rate} with deterministic=False. Set dropout_rate=0.0 (or '
+        'deterministic=True); put dropout on the residual stream instead.')
+  if module is not None:
+    raise ValueError(
+        f'{name} cannot sow attention weights into module={module!r}: set '
+        'the Flax layer\'s sow_weights=False.')

@@ -1,0 +1,249 @@
+"""Exact attention in tiles, with memory linear in sequence length.
+
+Rabe & Staats 2021, "Self-attention Does Not Need O(n^2) Memory"
+(arXiv 2112.05682), with the backward pass of Dao 2023, "FlashAttention-2"
+(arXiv 2307.08691).
+
+Forward, for each query chunk, a loop over the key chunks it can see keeps a
+running row maximum m, normaliser l and output accumulator a:
+
+  s = scale * q k^T + bias (masked)     m' = max(m, rowmax(s))
+  l' = e^(m - m') l + rowsum(e^(s - m'))  a' = e^(m - m') a + e^(s - m') v
+
+and ends with out = a / l and the log-sum-exp lse = m + log l. Only `out`
+and `lse` are saved. The backward pass loops over key chunks and, inside,
+over the query chunks that see them, recomputing each tile's probabilities
+p = e^(s - lse):
+
+  dv += p^T do      dp = do v^T      ds = p (dp - rowsum(do * out))
+  dq += scale ds k  dk += scale ds^T q   dbias = ds
+
+Tiles that no query of the tile can see (causal, window, sequence lengths)
+are skipped, decided from positions. Both passes keep O(C_q C_k) of tile
+state plus O(T + S) buffers: memory linear in the sequence length.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attention import arguments
+from attention import masking
+from attention import reference
+from attention import registry
+from attention import shapes
+from attention import tiles
+
+
+def _forward(plan: tiles.Plan, q, k, v, bias, mask, q_len, kv_len):
+  """Returns out `[B, K, Tp*G, H]` (q's dtype) and lse `[B, K, Tp*G]` (f32)."""
+  B, K, _, H = q.shape
+  R, Ck = plan.R, plan.Ck
+
+  def query_chunk(i, carry):
+    out, lse = carry
+    q_i = lax.dynamic_slice_in_dim(q, i * R, R, axis=2)
+
+    def key_chunk(j, state):
+      m, l, acc = state
+      k_j = lax.dynamic_slice_in_dim(k, j * Ck, Ck, axis=2)
+      v_j = lax.dynamic_slice_in_dim(v, j * Ck, Ck, axis=2)
+      s = tiles.tile_logits(plan, q_i, k_j, i, j, bias, mask, q_len, kv_len)
+      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+      # Rows that saw only masked keys so far have m_new = NEG_INF and gather
+      # junk here; the first visible key rescales it by e^(NEG_INF - m') = 0,
+      # and rows that never see one are zeroed at the end.
+      p = jnp.exp(s - m_new[..., None])
+      alpha = jnp.exp(m - m_new)
+      l = alpha * l + jnp.sum(p, axis=-1)
+      pv = jnp.einsum('BKRC,BKCH->BKRH', p.astype(v.dtype), v_j,
+                      precision=plan.precision,
+                      preferred_element_type=jnp.float32)
+      return m_new, l, alpha[..., None] * acc + pv
+
+    init = (jnp.full((B, K, R), masking.NEG_INF, jnp.float32),
+            jnp.zeros((B, K, R), jnp.float32),
+            jnp.zeros((B, K, R, H), jnp.float32))
+    lo, hi = tiles.key_chunks_for(plan, i, q_len, kv_len)
+    m, l, acc = lax.fori_loop(lo, hi, key_chunk, init)
+    seen = m > masking.MASKED_BELOW
+    l = jnp.where(seen, l, 1.0)
+    out_i = jnp.where(seen[..., None], acc / l[..., None], 0.0)
+    lse_i = jnp.where(seen, m + jnp.log(l), 0.0)
+    out = lax.dynamic_update_slice_in_dim(out, out_i.astype(q.dtype), i * R,
+                                          axis=2)
+    lse = lax.dynamic_update_slice_in_dim(lse, lse_i, i * R, axis=2)
+    return out, lse
+
+  init = (jnp.zeros(q.shape, q.dtype), jnp.zeros(q.shape[:3], jnp.float32))
+  return lax.fori_loop(0, plan.num_q, query_chunk, init)
+
+
+def _backward(plan: tiles.Plan, residuals, d_out):
+  """FlashAttention-2 backward: gradients of q, k, v and bias."""
+  q, k, v, bias, mask, q_len, kv_len, out, lse = residuals
+  R, Ck, scale = plan.R, plan.Ck, plan.scale
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)
+  f32 = functools.partial(jnp.einsum, precision=plan.precision,
+                          preferred_element_type=jnp.float32)
+
+  def key_chunk(j, carry):
+    dq, dk, dv, dbias = carry
+    k_j = lax.dynamic_slice_in_dim(k, j * Ck, Ck, axis=2)
+    v_j = lax.dynamic_slice_in_dim(v, j * Ck, Ck, axis=2)
+
+    def query_chunk(i, state):
+      dq, dk_j, dv_j, dbias = state
+      q_i, do_i = (lax.dynamic_slice_in_dim(x, i * R, R, axis=2)
+                   for x in (q, d_out))
+      lse_i, delta_i = (lax.dynamic_slice_in_dim(x, i * R, R, axis=2)
+                        for x in (lse, delta))
+      s = tiles.tile_logits(plan, q_i, k_j, i, j, bias, mask, q_len, kv_len)
+      p = jnp.exp(s - lse_i[..., None])
+      dv_j += f32('BKRC,BKRH->BKCH', p.astype(d_out.dtype), do_i)
+      dp = f32('BKRH,BKCH->BKRC', do_i, v_j)
+      ds = p * (dp - delta_i[..., None])
+      dq_i = lax.dynamic_slice_in_dim(dq, i * R, R, axis=2)
+      dq_i += scale * f32('BKRC,BKCH->BKRH', ds.astype(k.dtype), k_j)
+      dq = lax.dynamic_update_slice_in_dim(dq, dq_i, i * R, axis=2)
+      dk_j += scale * f32('BKRC,BKRH->BKCH', ds.astype(q.dtype), q_i)
+      if dbias is not None:
+        dbias = tiles.accumulate_bnts_tile(plan, dbias, ds, i, j)
+      return dq, dk_j, dv_j, dbias
+
+    zeros = jnp.zeros(k_j.shape, jnp.float32)
+    lo, hi = tiles.query_chunks_for(plan, j, q_len, kv_len)
+    dq, dk_j, dv_j, dbias = lax.fori_loop(lo, hi, query_chunk,
+                                          (dq, zeros, zeros, dbias))
+    dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * Ck, axis=2)
+    dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * Ck, axis=2)
+    return dq, dk, dv, dbias
+
+  f32_zeros = lambda x: None if x is None else jnp.zeros(x.shape, jnp.float32)
+  dq, dk, dv, dbias = lax.fori_loop(
+      0, plan.num_k, key_chunk, tuple(f32_zeros(x) for x in (q, k, v, bias)))
+  if dbias is not None:
+    dbias = dbias.astype(bias.dtype)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attend(plan, q, k, v, bias, mask, q_len, kv_len):
+  return _forward(plan, q, k, v, bias, mask, q_len, kv_len)[0]
+
+
+def _attend_fwd(plan, q, k, v, bias, mask, q_len, kv_len):
+  out, lse = _forward(plan, q, k, v, bias, mask, q_len, kv_len)
+  return out, (q, k, v, bias, mask, q_len, kv_len, out, lse)
+
+
+def _attend_bwd(plan, residuals, d_out):
+  dq, dk, dv, dbias = _backward(plan, residuals, d_out)
+  return dq, dk, dv, dbias, None, None, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def _pad_axis(x, axis, size):
+  """Zero-pads (False for bool) `axis` of `x` to `size`, unless it is 1."""
+  if x.shape[axis] in (1, size):
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths)
+
+
+def _bnts_for_kernel(name, array, dims, Tp, Sp):
+  """`[B|1, N|1, T|1, S|1]` -> padded `[B|1, K|1, Tp|1, G|1, Sp|1]`."""
+  array = shapes.check_bnts(name, array, dims)
+  array = reference.group_heads(array, dims).transpose(0, 1, 3, 2, 4)
+  return _pad_axis(_pad_axis(array, 2, Tp), 4, Sp)
+
+
+def _check_chunk(name, size):
+  if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    raise ValueError(f'{name} must be a positive int, got {size!r}')
+
+
+def blockwise_attention(query, key, value, bias=None, mask=None, *,
+                        scale=None, is_causal=False, query_seq_lengths=None,
+                        key_value_seq_lengths=None, local_window_size=None,
+                        query_chunk_size=512, key_chunk_size=512,
+                        dropout_rng=None, dropout_rate=0.0,
+                        broadcast_dropout=True, deterministic=True,
+                        dtype=None, precision=None, module=None):
+  """Exact attention with O(T + S) memory in the forward and backward passes.
+
+  Same arguments and results as `attention.dot_product_attention` (the
+  semantics of `jax.nn.dot_product_attention`, with zeros for queries that
+  see no key), computed in tiles of `query_chunk_size x key_chunk_size`
+  with an online softmax and a recomputing custom VJP. Chunk sizes need not
+  divide the lengths (inputs are padded inside), and either may be larger.
+
+  Args:
+    query: `[B, T, N, H]`.
+    key: `[B, S, K, H]`, K dividing N (GQA/MQA without repeating heads).
+    value: `[B, S, K, H]`.
+    bias: optional, added to the logits; broadcasts to `[B, N, T, S]`.
+    mask: optional, True (or nonzero, as Flax's float masks) where a query
+      may attend; broadcasts to `[B, N, T, S]`. Causal, window and length
+      masks never need one: they are built per tile from positions.
+    scale: logit scale; default `1 / sqrt(H)`.
+    is_causal: query `t` sees keys `s <= t`.
+    query_seq_lengths: optional int `[B]`; queries past it output zeros.
+    key_value_seq_lengths: optional int `[B]`; keys past it are masked.
+    local_window_size: int or `(left, right)`: query `t` sees keys in
+      `[t - left, t + right]`.
+    query_chunk_size: query positions per tile, C_q.
+    key_chunk_size: key positions per tile, C_k.
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
+    precision, module: the keywords Flax's attention layers pass. `dtype`
+      casts the inputs, `precision` goes to the matmuls; attention dropout
+      and sowing weights raise ValueError.
+
+  Returns:
+    `[B, T, N, H]` in the dtype of `query` (or `dtype`).
+
+  Cost: O(B N T S H) time, halved by tile skipping when causal, and
+  O(B N W H) with a window of width W; temporary memory
+  O(B N (C_q C_k + (T + S) H)), linear in the sequence length.
+  """
+  del dropout_rng, broadcast_dropout  # Only meaningful with dropout.
+  _check_chunk('query_chunk_size', query_chunk_size)
+  _check_chunk('key_chunk_size', key_chunk_size)
+  args = arguments.parse(
+      'blockwise_attention', query, key, value, scale=scale,
+      local_window_size=local_window_size,
+      query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+  query, key, value, dims = args.query, args.key, args.value, args.dims
+  B, T, S, N, K, G, H = dims.B, dims.T, dims.S, dims.N, dims.K, dims.G, dims.H
+  Cq, Ck = min(query_chunk_size, T), min(key_chunk_size, S)
+  num_q, num_k = -(-T // Cq), -(-S // Ck)
+  Tp, Sp = num_q * Cq, num_k * Ck
+  rules = masking.PositionRules(is_causal=is_causal, window=args.window, S=S,
+                                key_padding=Sp != S)
+  plan = tiles.Plan(rules=rules, scale=args.scale, T=T, G=G, Cq=Cq, Ck=Ck,
+                    num_q=num_q, num_k=num_k, precision=precision)
+  if bias is not None:
+    bias = _bnts_for_kernel('bias', bias, dims, Tp, Sp)
+  if mask is not None:
+    mask = _bnts_for_kernel('mask', mask, dims, Tp, Sp)
+
+  q_BKRH = _pad_axis(query, 1, Tp).reshape(B, Tp, K, G, H)
+  q_BKRH = q_BKRH.transpose(0, 2, 1, 3, 4).reshape(B, K, Tp * G, H)
+  k_BKSH, v_BKSH = (_pad_axis(x, 1, Sp).transpose(0, 2, 1, 3)
+                    for x in (key, value))
+  out = _attend(plan, q_BKRH, k_BKSH, v_BKSH, bias, mask, args.q_len,
+                args.kv_len)
+  out = out.reshape(B, K, Tp, G, H).transpose(0, 2, 1, 3, 4)
+  return out.reshape(B, Tp, N, H)[:, :T]
+
+
+registry.register('blockwise', blockwise_attention)

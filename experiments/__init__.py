@@ -1,0 +1,1 @@
+"""Launchers, configs, training and benchmarks (absl, ml_collections)."""

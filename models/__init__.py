@@ -1,0 +1,1 @@
+"""Flax NNX modules that take any `attention` mechanism by registry name."""
