@@ -173,7 +173,7 @@ def _check_chunk(name, size):
 def blockwise_attention(query, key, value, bias=None, mask=None, *,
                         scale=None, is_causal=False, query_seq_lengths=None,
                         key_value_seq_lengths=None, local_window_size=None,
-                        query_chunk_size=512, key_chunk_size=512,
+                        query_chunk_size=512, key_chunk_size=256,
                         dropout_rng=None, dropout_rate=0.0,
                         broadcast_dropout=True, deterministic=True,
                         dtype=None, precision=None, module=None):
@@ -199,7 +199,8 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
     key_value_seq_lengths: optional int `[B]`; keys past it are masked.
     local_window_size: int or `(left, right)`: query `t` sees keys in
       `[t - left, t + right]`.
-    query_chunk_size: query positions per tile, C_q.
+    query_chunk_size: query positions per tile, C_q. The defaults (512, 256)
+      were the fastest of those tried on a 2-core AVX-512 CPU at N=8192.
     key_chunk_size: key positions per tile, C_k.
     dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
     precision, module: the keywords Flax's attention layers pass. `dtype`
