@@ -133,3 +133,16 @@ def test_lengths_skip_padding_tiles_and_zero_empty_rows():
       x['query'], x['key'], x['value'])
   assert all(np.isfinite(g).all() for g in grads)
   np.testing.assert_array_equal(grads[1][1, 13:], 0.0)
+
+
+def test_default_chunks_match_reference():
+  """The default (512, 256) tiles, at a length neither divides."""
+  case = cases.Case('default_chunks', B=1, T=1100, S=1100, N=4, K=2, H=32,
+                    is_causal=True, kv_len=(1000,))
+  x = cases.inputs(case, jnp.float32)
+  out, grads = cases.output_and_grads(attention.blockwise_attention, case, x)
+  want_out, want_grads = cases.output_and_grads(
+      attention.dot_product_attention, case, x)
+  cases.assert_close(out, want_out, jnp.float32, 'output')
+  for name in grads:
+    cases.assert_close(grads[name], want_grads[name], jnp.float32, name)
