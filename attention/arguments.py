@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
+import chex
 import jax.numpy as jnp
 
 from attention import shapes
@@ -28,11 +29,14 @@ class Arguments:
   window: tuple[int, int] | None  # (left, right)
   q_len: Any  # int32 [B] or None
   kv_len: Any  # int32 [B] or None
+  alibi_slopes: Any = None  # float32 [N] or None
+  logits_soft_cap: float | None = None
 
 
 def parse(name, query, key, value, *, scale, local_window_size,
           query_seq_lengths, key_value_seq_lengths, dtype, dropout_rate,
-          deterministic, module) -> Arguments:
+          deterministic, module, alibi_slopes=None,
+          logits_soft_cap=None) -> Arguments:
   """Checks and normalises the shared arguments of mechanism `name`."""
   check_flax_options(name, dropout_rate=dropout_rate,
                      deterministic=deterministic, module=module)
@@ -45,10 +49,19 @@ def parse(name, query, key, value, *, scale, local_window_size,
   if key_value_seq_lengths is not None:
     kv_len = shapes.check_lengths('key_value_seq_lengths',
                                   key_value_seq_lengths, dims)
+  if alibi_slopes is not None:
+    alibi_slopes = jnp.asarray(alibi_slopes, jnp.float32)
+    chex.assert_shape(alibi_slopes, (dims.N,),
+                      custom_message=f'alibi_slopes must be [N] = ({dims.N},)')
+  if logits_soft_cap is not None and not (
+      isinstance(logits_soft_cap, (int, float)) and logits_soft_cap > 0):
+    raise ValueError('logits_soft_cap must be a positive number or None, got '
+                     f'{logits_soft_cap!r}')
   return Arguments(query=query, key=key, value=value, dims=dims,
                    scale=default_scale(scale, dims.H),
                    window=window_pair(local_window_size), q_len=q_len,
-                   kv_len=kv_len)
+                   kv_len=kv_len, alibi_slopes=alibi_slopes,
+                   logits_soft_cap=logits_soft_cap and float(logits_soft_cap))
 
 
 def window_pair(local_window_size) -> tuple[int, int] | None:

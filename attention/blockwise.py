@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
+from attention import kv_cache
 from attention import masking
 from attention import reference
 from attention import registry
@@ -39,7 +40,7 @@ from attention import shapes
 from attention import tiles
 
 
-def _forward(plan: tiles.Plan, q, k, v, bias, mask, q_len, kv_len):
+def _forward(plan: tiles.Plan, q, k, v, extras):
   """Returns out `[B, K, Tp*G, H]` (q's dtype) and lse `[B, K, Tp*G]` (f32)."""
   B, K, _, H = q.shape
   R, Ck = plan.R, plan.Ck
@@ -52,7 +53,7 @@ def _forward(plan: tiles.Plan, q, k, v, bias, mask, q_len, kv_len):
       m, l, acc = state
       k_j = lax.dynamic_slice_in_dim(k, j * Ck, Ck, axis=2)
       v_j = lax.dynamic_slice_in_dim(v, j * Ck, Ck, axis=2)
-      s = tiles.tile_logits(plan, q_i, k_j, i, j, bias, mask, q_len, kv_len)
+      s, _ = tiles.tile_logits(plan, q_i, k_j, i, j, extras)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       # Rows that saw only masked keys so far have m_new = NEG_INF and gather
       # junk here; the first visible key rescales it by e^(NEG_INF - m') = 0,
@@ -68,7 +69,7 @@ def _forward(plan: tiles.Plan, q, k, v, bias, mask, q_len, kv_len):
     init = (jnp.full((B, K, R), masking.NEG_INF, jnp.float32),
             jnp.zeros((B, K, R), jnp.float32),
             jnp.zeros((B, K, R, H), jnp.float32))
-    lo, hi = tiles.key_chunks_for(plan, i, q_len, kv_len)
+    lo, hi = tiles.key_chunks_for(plan, i, q_len=extras[2], kv_len=extras[3])
     m, l, acc = lax.fori_loop(lo, hi, key_chunk, init)
     seen = m > masking.MASKED_BELOW
     l = jnp.where(seen, l, 1.0)
@@ -85,7 +86,7 @@ def _forward(plan: tiles.Plan, q, k, v, bias, mask, q_len, kv_len):
 
 def _backward(plan: tiles.Plan, residuals, d_out):
   """FlashAttention-2 backward: gradients of q, k, v and bias."""
-  q, k, v, bias, mask, q_len, kv_len, out, lse = residuals
+  q, k, v, extras, out, lse = residuals
   R, Ck, scale = plan.R, plan.Ck, plan.scale
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)
   f32 = functools.partial(jnp.einsum, precision=plan.precision,
@@ -102,27 +103,30 @@ def _backward(plan: tiles.Plan, residuals, d_out):
                    for x in (q, d_out))
       lse_i, delta_i = (lax.dynamic_slice_in_dim(x, i * R, R, axis=2)
                         for x in (lse, delta))
-      s = tiles.tile_logits(plan, q_i, k_j, i, j, bias, mask, q_len, kv_len)
+      s, cap_slope = tiles.tile_logits(plan, q_i, k_j, i, j, extras)
       p = jnp.exp(s - lse_i[..., None])
       dv_j += f32('BKRC,BKRH->BKCH', p.astype(d_out.dtype), do_i)
       dp = f32('BKRH,BKCH->BKRC', do_i, v_j)
-      ds = p * (dp - delta_i[..., None])
+      ds = p * (dp - delta_i[..., None])  # d loss / d logits (= d bias)
+      if dbias is not None:
+        dbias = tiles.accumulate_bnts_tile(plan, dbias, ds, i, j)
+      if cap_slope is not None:
+        ds *= cap_slope
       dq_i = lax.dynamic_slice_in_dim(dq, i * R, R, axis=2)
       dq_i += scale * f32('BKRC,BKCH->BKRH', ds.astype(k.dtype), k_j)
       dq = lax.dynamic_update_slice_in_dim(dq, dq_i, i * R, axis=2)
       dk_j += scale * f32('BKRC,BKRH->BKCH', ds.astype(q.dtype), q_i)
-      if dbias is not None:
-        dbias = tiles.accumulate_bnts_tile(plan, dbias, ds, i, j)
       return dq, dk_j, dv_j, dbias
 
     zeros = jnp.zeros(k_j.shape, jnp.float32)
-    lo, hi = tiles.query_chunks_for(plan, j, q_len, kv_len)
+    lo, hi = tiles.query_chunks_for(plan, j, q_len=extras[2], kv_len=extras[3])
     dq, dk_j, dv_j, dbias = lax.fori_loop(lo, hi, query_chunk,
                                           (dq, zeros, zeros, dbias))
     dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * Ck, axis=2)
     dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * Ck, axis=2)
     return dq, dk, dv, dbias
 
+  bias = extras[0]
   f32_zeros = lambda x: None if x is None else jnp.zeros(x.shape, jnp.float32)
   dq, dk, dv, dbias = lax.fori_loop(
       0, plan.num_k, key_chunk, tuple(f32_zeros(x) for x in (q, k, v, bias)))
@@ -132,18 +136,20 @@ def _backward(plan: tiles.Plan, residuals, d_out):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(plan, q, k, v, bias, mask, q_len, kv_len):
-  return _forward(plan, q, k, v, bias, mask, q_len, kv_len)[0]
+def _attend(plan, q, k, v, bias, mask, q_len, kv_len, alibi_KR):
+  extras = (bias, mask, q_len, kv_len, alibi_KR)
+  return _forward(plan, q, k, v, extras)[0]
 
 
-def _attend_fwd(plan, q, k, v, bias, mask, q_len, kv_len):
-  out, lse = _forward(plan, q, k, v, bias, mask, q_len, kv_len)
-  return out, (q, k, v, bias, mask, q_len, kv_len, out, lse)
+def _attend_fwd(plan, q, k, v, bias, mask, q_len, kv_len, alibi_KR):
+  extras = (bias, mask, q_len, kv_len, alibi_KR)
+  out, lse = _forward(plan, q, k, v, extras)
+  return out, (q, k, v, extras, out, lse)
 
 
 def _attend_bwd(plan, residuals, d_out):
   dq, dk, dv, dbias = _backward(plan, residuals, d_out)
-  return dq, dk, dv, dbias, None, None, None
+  return dq, dk, dv, dbias, None, None, None, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -176,7 +182,8 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
                         query_chunk_size=512, key_chunk_size=256,
                         dropout_rng=None, dropout_rate=0.0,
                         broadcast_dropout=True, deterministic=True,
-                        dtype=None, precision=None, module=None):
+                        dtype=None, precision=None, module=None,
+                        alibi_slopes=None, logits_soft_cap=None):
   """Exact attention with O(T + S) memory in the forward and backward passes.
 
   Same arguments and results as `attention.dot_product_attention` (the
@@ -206,6 +213,10 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
     precision, module: the keywords Flax's attention layers pass. `dtype`
       casts the inputs, `precision` goes to the matmuls; attention dropout
       and sowing weights raise ValueError.
+    alibi_slopes: optional float `[N]`: adds `-slope[n] * |t - s|` (ALiBi),
+      built per tile from positions.
+    logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`
+      (Gemma 2), before bias and ALiBi.
 
   Returns:
     `[B, T, N, H]` in the dtype of `query` (or `dtype`).
@@ -222,7 +233,8 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
       local_window_size=local_window_size,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
-      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   query, key, value, dims = args.query, args.key, args.value, args.dims
   B, T, S, N, K, G, H = dims.B, dims.T, dims.S, dims.N, dims.K, dims.G, dims.H
   Cq, Ck = min(query_chunk_size, T), min(key_chunk_size, S)
@@ -231,7 +243,8 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   rules = masking.PositionRules(is_causal=is_causal, window=args.window, S=S,
                                 key_padding=Sp != S)
   plan = tiles.Plan(rules=rules, scale=args.scale, T=T, G=G, Cq=Cq, Ck=Ck,
-                    num_q=num_q, num_k=num_k, precision=precision)
+                    num_q=num_q, num_k=num_k, precision=precision,
+                    soft_cap=args.logits_soft_cap)
   if bias is not None:
     bias = _bnts_for_kernel('bias', bias, dims, Tp, Sp)
   if mask is not None:
@@ -241,10 +254,18 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   q_BKRH = q_BKRH.transpose(0, 2, 1, 3, 4).reshape(B, K, Tp * G, H)
   k_BKSH, v_BKSH = (_pad_axis(x, 1, Sp).transpose(0, 2, 1, 3)
                     for x in (key, value))
+  alibi_KR = None
+  if args.alibi_slopes is not None:
+    alibi_KR = tiles.alibi_rows(plan, args.alibi_slopes)
   out = _attend(plan, q_BKRH, k_BKSH, v_BKSH, bias, mask, args.q_len,
-                args.kv_len)
+                args.kv_len, alibi_KR)
   out = out.reshape(B, K, Tp, G, H).transpose(0, 2, 1, 3, 4)
   return out.reshape(B, Tp, N, H)[:, :T]
 
 
-registry.register('blockwise', blockwise_attention)
+# Decoding: a fixed-size KV cache of K heads (`attention.kv_cache`).
+init_state = kv_cache.init_state
+step = functools.partial(kv_cache.step, attend=blockwise_attention)
+
+registry.register('blockwise', blockwise_attention, init_state=init_state,
+                  step=step)

@@ -8,10 +8,14 @@ long sequences.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
 from attention import arguments
+from attention import kv_cache
 from attention import masking
+from attention import positional
 from attention import registry
 from attention import shapes
 
@@ -29,7 +33,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
                           key_value_seq_lengths=None, local_window_size=None,
                           dropout_rng=None, dropout_rate=0.0,
                           broadcast_dropout=True, deterministic=True,
-                          dtype=None, precision=None, module=None):
+                          dtype=None, precision=None, module=None,
+                          alibi_slopes=None, logits_soft_cap=None):
   """Exact attention with the semantics of `jax.nn.dot_product_attention`.
 
   The one difference: a query that sees no key (all masked, or past its
@@ -54,6 +59,10 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
     precision, module: the keywords Flax's attention layers pass. `dtype`
       casts the inputs, `precision` goes to the matmuls; attention dropout
       and sowing weights raise ValueError.
+    alibi_slopes: optional float `[N]`: adds `-slope[n] * |t - s|` (ALiBi,
+      `attention.positional`).
+    logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`
+      (Gemma 2), before bias and ALiBi.
 
   Returns:
     `[B, T, N, H]` in the dtype of `query` (or `dtype`).
@@ -66,7 +75,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
       local_window_size=local_window_size,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
-      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   query, key, value, dims = args.query, args.key, args.value, args.dims
   B, T, S, K, G, H = dims.B, dims.T, dims.S, dims.K, dims.G, dims.H
   rules = masking.PositionRules(is_causal=is_causal, window=args.window, S=S)
@@ -76,9 +86,15 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
       'BTKGH,BSKH->BKGTS', query_BTKGH, key, precision=precision,
       preferred_element_type=jnp.float32)
   logits_BKGTS *= args.scale
+  if args.logits_soft_cap is not None:
+    cap = args.logits_soft_cap
+    logits_BKGTS = cap * jnp.tanh(logits_BKGTS / cap)
   if bias is not None:
     bias = group_heads(shapes.check_bnts('bias', bias, dims), dims)
     logits_BKGTS += bias.astype(jnp.float32)
+  if args.alibi_slopes is not None:
+    logits_BKGTS += positional.alibi_bias(
+        args.alibi_slopes, jnp.arange(T), jnp.arange(S)).reshape(1, K, G, T, S)
 
   visible = rules.visible(jnp.arange(T), jnp.arange(S), args.q_len,
                           args.kv_len)
@@ -102,4 +118,9 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
   return out_BTKGH.reshape(B, T, dims.N, H).astype(query.dtype)
 
 
-registry.register('dot_product', dot_product_attention)
+# Decoding: a fixed-size KV cache of K heads (`attention.kv_cache`).
+init_state = kv_cache.init_state
+step = functools.partial(kv_cache.step, attend=dot_product_attention)
+
+registry.register('dot_product', dot_product_attention, init_state=init_state,
+                  step=step)

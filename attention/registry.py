@@ -18,25 +18,34 @@ class Mechanism:
   """A registered attention function with its default options.
 
   Calling it calls `fn` with the defaults, overridden by the call's keywords.
-  `decoding` is the module with `init_state`/`step` for causal decoding, or
-  None where the mechanism has no decoding form yet.
+  `init_state(batch_size, num_kv_heads, head_dim, **options)` and
+  `step(state, query, key, value, **options) -> (out, state)` decode
+  causally (see `attention.kv_cache`); None where a mechanism cannot.
   """
 
   name: str
   fn: Callable[..., Any]
   defaults: types.MappingProxyType
-  decoding: Any = None
+  init_state: Callable[..., Any] | None = None
+  step: Callable[..., Any] | None = None
+
+  @property
+  def decodable(self) -> bool:
+    return self.step is not None
 
   def __call__(self, query, key, value, *args, **kwargs):
     return self.fn(query, key, value, *args, **{**self.defaults, **kwargs})
 
 
-def register(name: str, fn: Callable[..., Any], *, decoding=None, **defaults):
-  """Registers `fn` under `name`; a second registration of a name raises."""
+def register(name: str, fn: Callable[..., Any], *, init_state=None,
+             step=None, **defaults):
+  """Registers `fn` (and its decoding pair) under `name` with defaults."""
   if name in _REGISTRY and _REGISTRY[name].fn is not fn:
     raise ValueError(f'attention mechanism {name!r} is already registered')
+  if (init_state is None) != (step is None):
+    raise ValueError(f'{name}: give both init_state and step, or neither')
   _REGISTRY[name] = Mechanism(name, fn, types.MappingProxyType(defaults),
-                              decoding)
+                              init_state, step)
   return fn
 
 

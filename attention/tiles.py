@@ -37,6 +37,7 @@ class Plan:
   num_q: int  # query chunks
   num_k: int  # key chunks
   precision: Any = None
+  soft_cap: float | None = None  # logits x -> c tanh(x / c)
 
   @property
   def R(self) -> int:
@@ -66,16 +67,35 @@ def bnts_tile(plan: Plan, array, i, j):
   return tile.reshape(b, k, plan.R, s)
 
 
-def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, bias, mask, q_len, kv_len):
-  """Scaled, biased, masked float32 logits `[B, K, R, Ck]` of tile (i, j)."""
+def alibi_rows(plan: Plan, slopes_N):
+  """ALiBi slopes `[N]` laid out per tile row: `[K, R]` (row r is g = r % G)."""
+  return jnp.tile(slopes_N.reshape(-1, plan.G), (1, plan.Cq))
+
+
+def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras):
+  """Float32 logits `[B, K, R, Ck]` of tile (i, j), and the soft-cap slope.
+
+  Logits are scaled, soft-capped, biased (bias and ALiBi) and masked; the
+  second result is `d capped / d scaled` (`[B, K, R, Ck]`), or None when
+  there is no cap. `extras` is `(bias, mask, q_len, kv_len, alibi_KR)`.
+  """
+  bias, mask, q_len, kv_len, alibi_KR = extras
   logits_BKRC = jnp.einsum(
       'BKRH,BKCH->BKRC', q_BKRH, k_BKCH, precision=plan.precision,
       preferred_element_type=jnp.float32)
   logits_BKRC *= plan.scale
+  cap_slope = None
+  if plan.soft_cap is not None:
+    tanh = jnp.tanh(logits_BKRC / plan.soft_cap)
+    logits_BKRC = plan.soft_cap * tanh
+    cap_slope = 1.0 - tanh * tanh
   if bias is not None:
     logits_BKRC += bnts_tile(plan, bias, i, j).astype(jnp.float32)
   q_pos = i * plan.Cq + jnp.arange(plan.R) // plan.G
   k_pos = j * plan.Ck + jnp.arange(plan.Ck)
+  if alibi_KR is not None:
+    distance = jnp.abs(q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)
+    logits_BKRC -= alibi_KR[None, :, :, None] * distance[None, None]
   visible = plan.rules.visible(q_pos, k_pos, q_len, kv_len)
   if visible is not None:
     visible = visible[:, None]
@@ -84,7 +104,7 @@ def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, bias, mask, q_len, kv_len):
     visible = tile if visible is None else visible & tile
   if visible is not None:
     logits_BKRC = jnp.where(visible, logits_BKRC, masking.NEG_INF)
-  return logits_BKRC
+  return logits_BKRC, cap_slope
 
 
 def _reach(rules: masking.PositionRules, from_keys: bool):

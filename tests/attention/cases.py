@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention import positional
 from tests.attention import oracle
 
 
@@ -27,6 +28,8 @@ class Case:
   bias: tuple | None = None  # shape
   mask: tuple | None = None  # shape
   scale: float | None = None
+  alibi: bool = False
+  soft_cap: float | None = None
 
   def __str__(self):
     return self.name
@@ -45,6 +48,13 @@ CASES = [
          is_causal=True),
     Case('key_bias_all', T=30, S=45, bias=(2, 1, 1, 45), window=(4, 9),
          kv_len=(40, 45), q_len=(30, 25), mask=(2, 4, 30, 45)),
+]
+# Options beyond jax.nn.dot_product_attention's.
+EXTRA_CASES = [
+    Case('alibi_causal_gqa', is_causal=True, alibi=True),
+    Case('soft_cap_bias', soft_cap=2.0, scale=1.0, bias=(2, 4, 37, 37)),
+    Case('alibi_soft_cap_cross', T=24, S=53, K=1, alibi=True, soft_cap=5.0,
+         kv_len=(50, 20), window=(30, 2)),
 ]
 
 
@@ -70,9 +80,15 @@ def inputs(case: Case, dtype, seed=0):
 
 def kwargs(case: Case, x):
   """Keyword arguments of the `attention` functions for `case`."""
+  extra = {}
+  if case.alibi:
+    extra['alibi_slopes'] = positional.alibi_slopes(case.N)
+  if case.soft_cap is not None:
+    extra['logits_soft_cap'] = case.soft_cap
   return dict(bias=x['bias'], mask=x['mask'], scale=case.scale,
               is_causal=case.is_causal, local_window_size=case.window,
-              query_seq_lengths=x['q_len'], key_value_seq_lengths=x['kv_len'])
+              query_seq_lengths=x['q_len'], key_value_seq_lengths=x['kv_len'],
+              **extra)
 
 
 def expected(case: Case, x):
@@ -82,7 +98,8 @@ def expected(case: Case, x):
       None if x['bias'] is None else np.asarray(x['bias'], np.float64),
       x['mask'], d_out=x['d_out'], scale=case.scale,
       is_causal=case.is_causal, window=case.window, q_len=case.q_len,
-      kv_len=case.kv_len)
+      kv_len=case.kv_len, soft_cap=case.soft_cap,
+      alibi_slopes=positional.alibi_slopes(case.N) if case.alibi else None)
 
 
 def seen_rows(case: Case, x):

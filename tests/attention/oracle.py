@@ -35,7 +35,7 @@ def _reduce_to(x, shape):
 
 def attention(query, key, value, bias=None, mask=None, *, d_out=None,
               scale=None, is_causal=False, window=None, q_len=None,
-              kv_len=None):
+              kv_len=None, alibi_slopes=None, soft_cap=None):
   """Returns (out [B, T, N, H], grads dict or None) in float64.
 
   grads holds query, key, value (and bias) gradients of sum(out * d_out).
@@ -49,6 +49,15 @@ def attention(query, key, value, bias=None, mask=None, *, d_out=None,
                          q_len=q_len, kv_len=kv_len, mask=mask)
   kh, vh = np.repeat(k, G, axis=2), np.repeat(v, G, axis=2)
   logits = scale * np.einsum('btnh,bsnh->bnts', q, kh)
+  cap_slope = 1.0
+  if soft_cap is not None:
+    tanh = np.tanh(logits / soft_cap)
+    logits = soft_cap * tanh
+    cap_slope = 1.0 - tanh ** 2
+  if alibi_slopes is not None:
+    distance = np.abs(np.arange(T)[:, None] - np.arange(S)[None, :])
+    logits = logits - np.asarray(alibi_slopes, np.float64)[:, None, None] * (
+        distance[None])
   if bias is not None:
     b = np.asarray(bias, np.float64)
     logits = logits + b.reshape((1,) * (4 - b.ndim) + b.shape)
@@ -63,7 +72,9 @@ def attention(query, key, value, bias=None, mask=None, *, d_out=None,
     return out, None
   do = np.asarray(d_out, np.float64)
   dp = np.einsum('btnh,bsnh->bnts', do, vh)
-  ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+  ds = p * (dp - (dp * p).sum(-1, keepdims=True))  # d / d logits
+  dbias = ds
+  ds = ds * cap_slope  # d / d scaled q.k
   grads = {
       'query': scale * np.einsum('bnts,bsnh->btnh', ds, kh),
       'key': (scale * np.einsum('bnts,btnh->bsnh', ds, q)).reshape(
@@ -73,6 +84,6 @@ def attention(query, key, value, bias=None, mask=None, *, d_out=None,
   }
   if bias is not None:
     shape = np.shape(bias)
-    grads['bias'] = _reduce_to(ds, (1,) * (4 - len(shape)) + shape).reshape(
+    grads['bias'] = _reduce_to(dbias, (1,) * (4 - len(shape)) + shape).reshape(
         shape)
   return out, grads

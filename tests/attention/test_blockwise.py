@@ -23,12 +23,12 @@ def blockwise(chunks):
 
 
 @pytest.mark.parametrize('chunks', CHUNKS, ids=str)
-@pytest.mark.parametrize('case', cases.CASES, ids=str)
+@pytest.mark.parametrize('case', cases.CASES + cases.EXTRA_CASES, ids=str)
 def test_matches_float64_oracle(case, chunks):
   cases.check_against_oracle(blockwise(chunks), case, jnp.float32)
 
 
-@pytest.mark.parametrize('case', cases.CASES, ids=str)
+@pytest.mark.parametrize('case', cases.CASES + cases.EXTRA_CASES, ids=str)
 def test_matches_float64_oracle_bfloat16(case):
   cases.check_against_oracle(blockwise((16, 5)), case, jnp.bfloat16)
 

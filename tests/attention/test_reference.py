@@ -14,7 +14,7 @@ DTYPES = [jnp.float32, jnp.bfloat16]
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=['f32', 'bf16'])
-@pytest.mark.parametrize('case', cases.CASES, ids=str)
+@pytest.mark.parametrize('case', cases.CASES + cases.EXTRA_CASES, ids=str)
 def test_matches_float64_oracle(case, dtype):
   cases.check_against_oracle(attention.dot_product_attention, case, dtype)
 

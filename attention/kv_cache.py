@@ -1,0 +1,112 @@
+"""Decoding with exact attention: a fixed-size key/value cache.
+
+The decoding contract of every causal mechanism is
+
+  state = init_state(batch_size, num_kv_heads, head_dim, **options)
+  out, state = step(state, query, key, value, **options)
+
+with `query [B, L, N, H]` for L new tokens. For exact attention the state is
+this cache: `[B, max_length, K, H]` keys and values (K heads, never N) and the
+number of tokens each row holds. `step` writes the new keys and values at
+each row's own length, then lets the new queries attend causally over the
+cache. Rows may hold different lengths (batched prompts of different
+lengths): `num_new` says how many of the L new tokens are real in each row;
+the rest are written past the row's length and overwritten by its next
+tokens before any query can see them.
+
+A step costs O(B N L max_length H); the cache is a pytree of arrays, so it
+can be carried by `jax.jit`, `lax.scan` and saved by orbax.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+
+class KVCache(NamedTuple):
+  """Keys and values `[B, max_length, K, H]`; `length` int32 `[B]`."""
+
+  key: jax.Array
+  value: jax.Array
+  length: jax.Array
+
+
+def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
+               max_length: int, dtype=jnp.float32, **unused_options):
+  """An empty cache for `max_length` tokens per row.
+
+  Options of the mechanism that do not shape the cache (chunk sizes, say)
+  are accepted and ignored, so a model can pass one option dict to both.
+  """
+  del unused_options
+  for name, value in [('batch_size', batch_size),
+                      ('num_kv_heads', num_kv_heads), ('head_dim', head_dim),
+                      ('max_length', max_length)]:
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'{name} must be a positive int, got {value!r}')
+  shape = (batch_size, max_length, num_kv_heads, head_dim)
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                 jnp.zeros((batch_size,), jnp.int32))
+
+
+def _write(cache_BLKH, new_BLKH, start_B):
+  return jax.vmap(lambda c, x, s: lax.dynamic_update_slice_in_dim(
+      c, x, s, axis=0))(cache_BLKH, new_BLKH.astype(cache_BLKH.dtype), start_B)
+
+
+def step(state: KVCache, query, key, value, *, attend, num_new=None,
+         local_window_size=None, alibi_slopes=None, **options):
+  """Appends L tokens to the cache and attends from their queries.
+
+  Args:
+    state: the cache.
+    query: `[B, L, N, H]`, at positions `state.length[b] + i`.
+    key: `[B, L, K, H]`, appended to the cache.
+    value: `[B, L, K, H]`, appended to the cache.
+    attend: the exact attention function to use over the cache.
+    num_new: optional int `[B]`: real tokens among the L of each row
+      (default L); the cache length of row b grows by `num_new[b]`.
+    local_window_size: int or `(left, right)`; only `left` matters here.
+    alibi_slopes: optional `[N]` ALiBi slopes.
+    **options: passed to `attend` (scale, logits_soft_cap, chunk sizes...).
+
+  Returns:
+    `(out [B, L, N, H], new_state)`. A row whose tokens would run past
+    `max_length` gets NaN outputs rather than overwriting its cache.
+  """
+  B, L, N, H = query.shape
+  _, max_length, K, _ = state.key.shape
+  chex.assert_shape(key, (B, L, K, H), custom_message=f'key must be '
+                    f'[B, L, K, H] = {(B, L, K, H)} to fit the cache')
+  chex.assert_shape(value, (B, L, K, H), custom_message=f'value must be '
+                    f'[B, L, K, H] = {(B, L, K, H)} to fit the cache')
+  if L > max_length:
+    raise ValueError(f'query holds {L} tokens, more than the cache\'s '
+                     f'max_length={max_length}')
+  new_key = _write(state.key, key, state.length)
+  new_value = _write(state.value, value, state.length)
+  q_pos_BL = state.length[:, None] + jnp.arange(L)[None, :]
+  k_pos = jnp.arange(max_length)
+  visible_BLS = k_pos[None, None, :] <= q_pos_BL[:, :, None]
+  if local_window_size is not None:
+    left = (local_window_size if isinstance(local_window_size, int)
+            else local_window_size[0])
+    visible_BLS &= k_pos[None, None, :] >= q_pos_BL[:, :, None] - left
+  bias = None
+  if alibi_slopes is not None:  # -slope[n] |t - s|, as [B, N, L, max_length]
+    distance_BLS = jnp.abs(q_pos_BL[:, :, None] - k_pos[None, None, :])
+    slopes_N = jnp.asarray(alibi_slopes, jnp.float32)
+    bias = (-slopes_N[None, :, None, None] *
+            distance_BLS[:, None].astype(jnp.float32))
+  out = attend(query, new_key, new_value, bias=bias,
+               mask=visible_BLS[:, None], **options)
+  num_new = jnp.full((B,), L, jnp.int32) if num_new is None else num_new
+  overflow = state.length + L > max_length
+  out = jnp.where(overflow[:, None, None, None], jnp.nan, out)
+  return out, KVCache(new_key, new_value, state.length + num_new)
