@@ -7,7 +7,6 @@ configs and models refer to mechanisms by these names only.
 from __future__ import annotations
 
 import dataclasses
-import types
 from typing import Any, Callable
 
 _REGISTRY: dict[str, 'Mechanism'] = {}
@@ -25,7 +24,7 @@ class Mechanism:
 
   name: str
   fn: Callable[..., Any]
-  defaults: types.MappingProxyType
+  defaults: tuple[tuple[str, Any], ...]  # sorted (option, value) pairs
   init_state: Callable[..., Any] | None = None
   step: Callable[..., Any] | None = None
 
@@ -34,7 +33,8 @@ class Mechanism:
     return self.step is not None
 
   def __call__(self, query, key, value, *args, **kwargs):
-    return self.fn(query, key, value, *args, **{**self.defaults, **kwargs})
+    return self.fn(query, key, value, *args, **{**dict(self.defaults),
+                                                 **kwargs})
 
 
 def register(name: str, fn: Callable[..., Any], *, init_state=None,
@@ -44,7 +44,7 @@ def register(name: str, fn: Callable[..., Any], *, init_state=None,
     raise ValueError(f'attention mechanism {name!r} is already registered')
   if (init_state is None) != (step is None):
     raise ValueError(f'{name}: give both init_state and step, or neither')
-  _REGISTRY[name] = Mechanism(name, fn, types.MappingProxyType(defaults),
+  _REGISTRY[name] = Mechanism(name, fn, tuple(sorted(defaults.items())),
                               init_state, step)
   return fn
 

@@ -1,1 +1,19 @@
 """Flax NNX modules that take any `attention` mechanism by registry name."""
+
+from models.attention import MultiHeadAttention
+from models.block import Block, Mlp
+from models.config import TransformerConfig
+from models.generate import generate, sample
+from models.transformer import DecoderLM, Encoder, EncoderDecoder
+
+__all__ = [
+    'Block',
+    'DecoderLM',
+    'Encoder',
+    'EncoderDecoder',
+    'Mlp',
+    'MultiHeadAttention',
+    'TransformerConfig',
+    'generate',
+    'sample',
+]

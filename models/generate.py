@@ -1,0 +1,127 @@
+"""Autoregressive generation with the decoding cache, compiled once.
+
+`generate` prefills each row's prompt into the cache in one `decode` call,
+then samples one token per step inside a `lax.while_loop` (greedy,
+temperature, top-k, top-p), until every row has produced `eos_id` or
+`max_new_tokens`. It is one `jax.jit` for given shapes and sampling
+settings: repeated calls with the same shapes do not trace again.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+TRACES = {'count': 0}  # Incremented on each trace of the compiled loop.
+
+
+def sample(logits_BV, rng, *, temperature=0.0, top_k=None, top_p=None):
+  """One token per row from float32 logits `[B, V]` -> int32 `[B]`.
+
+  temperature 0 is greedy; top_k keeps the k largest logits; top_p keeps
+  the smallest set of largest-probability tokens whose mass reaches p.
+  """
+  if temperature == 0.0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV.astype(jnp.float32) / temperature
+  if top_k is not None:
+    kth = lax.top_k(logits_BV, top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth, -jnp.inf, logits_BV)
+  if top_p is not None:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_BV, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.where(mass_before < top_p, sorted_BV, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    logits_BV = jnp.where(logits_BV < threshold, -jnp.inf, logits_BV)
+  return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+
+
+def _write_at(buffer_BT, token_B, index_B):
+  return jax.vmap(lambda row, t, i: lax.dynamic_update_slice(
+      row, t[None], (i,)))(buffer_BT, token_B, index_B)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    'graphdef', 'max_new_tokens', 'max_length', 'temperature', 'top_k',
+    'top_p', 'eos_id'))
+def _generate(graphdef, state, prompts, prompt_lengths, rng, *,
+              max_new_tokens, max_length, temperature, top_k, top_p, eos_id):
+  TRACES['count'] += 1
+  model = nnx.merge(graphdef, state)
+  B, P = prompts.shape
+  cache = model.init_cache(B, max_length)
+  logits, cache = model.decode(cache, prompts, num_new=prompt_lengths)
+  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None],
+                             axis=1)[:, 0]
+  tokens = jnp.pad(prompts, ((0, 0), (0, max_new_tokens)))
+  tokens = jnp.where(jnp.arange(P + max_new_tokens)[None, :] <
+                     prompt_lengths[:, None], tokens, 0)
+
+  def cond(carry):
+    i, _, _, _, done, _, _ = carry
+    return (i < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    i, tokens, cache, last, done, count, rng = carry
+    rng, key = jax.random.split(rng)
+    token = sample(last, key, temperature=temperature, top_k=top_k,
+                   top_p=top_p)
+    token = jnp.where(done, 0, token)
+    tokens = jnp.where(done[:, None], tokens,
+                       _write_at(tokens, token, prompt_lengths + i))
+    count = count + (~done).astype(jnp.int32)
+    if eos_id is not None:
+      done = done | (token == eos_id)
+    logits, cache = model.decode(cache, token[:, None])
+    return i + 1, tokens, cache, logits[:, 0], done, count, rng
+
+  init = (jnp.int32(0), tokens, cache, last, jnp.zeros((B,), bool),
+          jnp.zeros((B,), jnp.int32), rng)
+  _, tokens, _, _, _, count, _ = lax.while_loop(cond, body, init)
+  return tokens, prompt_lengths + count
+
+
+def generate(model, prompts, prompt_lengths=None, *, max_new_tokens: int,
+             rng=None, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, eos_id: int | None = None,
+             max_length: int | None = None):
+  """Continues each prompt with up to `max_new_tokens` sampled tokens.
+
+  Args:
+    model: a `DecoderLM` (anything with `init_cache` and `decode`).
+    prompts: int `[B, P]`, right-padded.
+    prompt_lengths: optional int `[B]` (default P), each at least 1.
+    max_new_tokens: tokens to generate at most.
+    rng: PRNG key for sampling (needed unless temperature is 0).
+    temperature, top_k, top_p: sampling; temperature 0 is greedy.
+    eos_id: a row stops after producing this token.
+    max_length: cache size (default `P + max_new_tokens`).
+
+  Returns:
+    `(tokens [B, P + max_new_tokens], lengths [B])`: each row's prompt
+    followed by its generated tokens, zero after `lengths[b]`.
+  """
+  prompts = jnp.asarray(prompts, jnp.int32)
+  if prompts.ndim != 2:
+    raise ValueError(f'prompts must be [B, P], got shape {prompts.shape}')
+  B, P = prompts.shape
+  max_length = max_length or P + max_new_tokens
+  if P + max_new_tokens > max_length:
+    raise ValueError(f'prompt length {P} + max_new_tokens {max_new_tokens} '
+                     f'exceeds the cache: max_length={max_length}')
+  if temperature < 0 or (temperature > 0 and rng is None):
+    raise ValueError('temperature must be >= 0, and > 0 needs an rng')
+  if prompt_lengths is None:
+    prompt_lengths = jnp.full((B,), P, jnp.int32)
+  rng = jax.random.key(0) if rng is None else rng
+  graphdef, state = nnx.split(model)
+  return _generate(graphdef, state, prompts,
+                   jnp.asarray(prompt_lengths, jnp.int32), rng,
+                   max_new_tokens=max_new_tokens, max_length=max_length,
+                   temperature=float(temperature), top_k=top_k, top_p=top_p,
+                   eos_id=eos_id)

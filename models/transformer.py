@@ -1,0 +1,212 @@
+"""Transformer models: decoder LM, encoder, encoder-decoder (Flax NNX).
+
+- `DecoderLM`: GPT style (Radford et al. 2019): causal blocks, tied or untied
+  embeddings, decoding with a cache of per-layer mechanism states.
+- `Encoder`: BERT style (Devlin et al. 2019, arXiv 1810.04805):
+  bidirectional blocks with padding, a masked-LM head and a classification
+  head over the CLS token or the mean of the real tokens.
+- `EncoderDecoder`: Vaswani et al. 2017 (arXiv 1706.03762): encoder, and a
+  causal decoder with cross-attention to it. Use it with
+  `position='sinusoidal', post_norm=True` for the original model.
+
+Tokens are int `[B, T]`; `lengths [B]` gives each row's real tokens (the rest
+is right padding).
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+import jax.numpy as jnp
+
+from attention import positional
+from models.block import Block, make_norm
+from models.config import TransformerConfig
+
+
+class Embedding(nnx.Module):
+  """Token embeddings plus absolute positions (sinusoidal or learned)."""
+
+  def __init__(self, config: TransformerConfig, rngs: nnx.Rngs):
+    self.config = config
+    self.tokens = nnx.Embed(config.vocab_size, config.model_dim,
+                            dtype=config.dtype, rngs=rngs)
+    self.positions = nnx.Embed(
+        config.max_length, config.model_dim, dtype=config.dtype,
+        rngs=rngs) if config.position == 'learned' else None
+    self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
+
+  def __call__(self, tokens, positions, deterministic=True):
+    x = self.tokens(tokens)
+    if self.config.position == 'sinusoidal':
+      x = x * jnp.sqrt(self.config.model_dim).astype(x.dtype)
+      x = x + positional.sinusoidal(positions, self.config.model_dim).astype(
+          x.dtype)
+    elif self.config.position == 'learned':
+      x = x + self.positions(positions)
+    return self.dropout(x, deterministic=deterministic)
+
+
+def _positions(tokens, start=None):
+  """Positions `[B, T]` of tokens: `start[b] + t` (start default 0)."""
+  t = jnp.arange(tokens.shape[1])[None, :]
+  return t + (0 if start is None else start[:, None])
+
+
+class Stack(nnx.Module):
+  """Embedding, `num_layers` blocks and a final norm (none if post-norm)."""
+
+  def __init__(self, config: TransformerConfig, *, cross_attention=False,
+               rngs: nnx.Rngs):
+    self.config = config
+    self.embed = Embedding(config, rngs)
+    self.blocks = nnx.List([Block(config, cross_attention=cross_attention,
+                                  rngs=rngs)
+                            for _ in range(config.num_layers)])
+    self.final_norm = None if config.post_norm else make_norm(config, rngs)
+
+  def _finish(self, x):
+    return x if self.final_norm is None else self.final_norm(x)
+
+  def __call__(self, tokens, *, is_causal, lengths=None, context=None,
+               context_lengths=None, deterministic=True):
+    positions = _positions(tokens)
+    x = self.embed(tokens, positions, deterministic)
+    for block in self.blocks:
+      x = block(x, is_causal=is_causal, lengths=lengths, positions=positions,
+                context=context, context_lengths=context_lengths,
+                deterministic=deterministic)
+    return self._finish(x)
+
+  def init_cache(self, batch_size: int, max_length: int):
+    """Decoding cache: next position per row and each layer's state."""
+    if self.config.position == 'learned' and max_length > self.config.max_length:
+      raise ValueError(f'max_length={max_length} exceeds the learned position '
+                       f'table (config.max_length={self.config.max_length})')
+    return {'position': jnp.zeros((batch_size,), jnp.int32),
+            'layers': [block.attention.init_state(batch_size, max_length)
+                       for block in self.blocks]}
+
+  def step(self, cache, tokens, *, num_new=None, context=None,
+           context_lengths=None):
+    """Runs L new tokens `[B, L]` through the stack; `(x, new_cache)`."""
+    positions = _positions(tokens, cache['position'])
+    x = self.embed(tokens, positions)
+    states = []
+    for block, state in zip(self.blocks, cache['layers']):
+      x, state = block.step(state, x, positions, num_new=num_new,
+                            context=context, context_lengths=context_lengths)
+      states.append(state)
+    advance = tokens.shape[1] if num_new is None else num_new
+    return self._finish(x), {'position': cache['position'] + advance,
+                             'layers': states}
+
+
+class LMHead(nnx.Module):
+  """Logits from hidden states: the tied embedding, or its own matrix."""
+
+  def __init__(self, config: TransformerConfig, embed: nnx.Embed,
+               rngs: nnx.Rngs):
+    self.tied = config.tie_embeddings
+    self.embed = embed if self.tied else None
+    self.proj = None if self.tied else nnx.Linear(
+        config.model_dim, config.vocab_size, use_bias=False,
+        dtype=config.dtype, rngs=rngs)
+
+  def __call__(self, x):
+    logits = self.embed.attend(x) if self.tied else self.proj(x)
+    return logits.astype(jnp.float32)
+
+
+class DecoderLM(nnx.Module):
+  """Causal language model: tokens `[B, T]` -> logits `[B, T, V]` (f32)."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.stack = Stack(config, rngs=rngs)
+    self.head = LMHead(config, self.stack.embed.tokens, rngs)
+
+  def __call__(self, tokens, *, lengths=None, deterministic=True):
+    return self.head(self.stack(tokens, is_causal=True, lengths=lengths,
+                                deterministic=deterministic))
+
+  def init_cache(self, batch_size: int, max_length: int):
+    return self.stack.init_cache(batch_size, max_length)
+
+  def decode(self, cache, tokens, *, num_new=None):
+    """Logits `[B, L, V]` of L new tokens, and the updated cache."""
+    x, cache = self.stack.step(cache, tokens, num_new=num_new)
+    return self.head(x), cache
+
+
+class Encoder(nnx.Module):
+  """Bidirectional encoder with masked-LM and classification heads."""
+
+  def __init__(self, config: TransformerConfig, *, num_classes: int = 0,
+               pooling: str = 'cls', rngs: nnx.Rngs):
+    if pooling not in ('cls', 'mean'):
+      raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+    self.config, self.pooling = config, pooling
+    self.stack = Stack(config, rngs=rngs)
+    self.mlm_dense = nnx.Linear(config.model_dim, config.model_dim,
+                                dtype=config.dtype, rngs=rngs)
+    self.mlm_norm = make_norm(config, rngs)
+    self.mlm_head = LMHead(config, self.stack.embed.tokens, rngs)
+    self.classifier = nnx.Linear(
+        config.model_dim, num_classes, dtype=config.dtype,
+        rngs=rngs) if num_classes else None
+
+  def __call__(self, tokens, *, lengths=None, deterministic=True):
+    """Hidden states `[B, T, D]`; padded keys (past `lengths`) are masked."""
+    return self.stack(tokens, is_causal=False, lengths=lengths,
+                      deterministic=deterministic)
+
+  def mlm_logits(self, hidden):
+    """Masked-LM logits `[B, T, V]` from hidden states."""
+    return self.mlm_head(self.mlm_norm(nnx.gelu(self.mlm_dense(hidden))))
+
+  def classify(self, hidden, lengths=None):
+    """Class logits `[B, num_classes]`: CLS token or mean of real tokens."""
+    if self.classifier is None:
+      raise ValueError('Encoder was built with num_classes=0')
+    if self.pooling == 'cls':
+      pooled = hidden[:, 0]
+    else:
+      T = hidden.shape[1]
+      lengths = jnp.full(hidden.shape[:1], T) if lengths is None else lengths
+      real = (jnp.arange(T)[None, :] < lengths[:, None]).astype(hidden.dtype)
+      pooled = (hidden * real[:, :, None]).sum(1) / jnp.maximum(
+          real.sum(1), 1)[:, None]
+    return self.classifier(pooled).astype(jnp.float32)
+
+
+class EncoderDecoder(nnx.Module):
+  """Sequence to sequence: source `[B, S]`, target `[B, T]` -> `[B, T, V]`."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.encoder = Stack(config, rngs=rngs)
+    self.decoder = Stack(config, cross_attention=True, rngs=rngs)
+    self.head = LMHead(config, self.decoder.embed.tokens, rngs)
+
+  def encode(self, source, *, source_lengths=None, deterministic=True):
+    return self.encoder(source, is_causal=False, lengths=source_lengths,
+                        deterministic=deterministic)
+
+  def __call__(self, source, target, *, source_lengths=None,
+               target_lengths=None, deterministic=True):
+    memory = self.encode(source, source_lengths=source_lengths,
+                         deterministic=deterministic)
+    return self.head(self.decoder(
+        target, is_causal=True, lengths=target_lengths, context=memory,
+        context_lengths=source_lengths, deterministic=deterministic))
+
+  def init_cache(self, batch_size: int, max_length: int):
+    return self.decoder.init_cache(batch_size, max_length)
+
+  def decode(self, cache, tokens, memory, *, source_lengths=None,
+             num_new=None):
+    """Logits of L new target tokens given the encoded `memory`."""
+    x, cache = self.decoder.step(cache, tokens, num_new=num_new,
+                                 context=memory,
+                                 context_lengths=source_lengths)
+    return self.head(x), cache

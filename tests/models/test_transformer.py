@@ -1,0 +1,195 @@
+"""Models: shapes, parameter counts, causality, decoding, errors."""
+
+import dataclasses
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attention
+import models
+
+BASE = models.TransformerConfig(
+    vocab_size=50, model_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+    mlp_dim=64, attention_options=(('query_chunk_size', 8),
+                                   ('key_chunk_size', 4)))
+
+
+def config(**changes):
+  return dataclasses.replace(BASE, **changes)
+
+
+def param_count(model):
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def tokens(B=2, T=19, seed=0, vocab=50):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (B, T)),
+                     jnp.int32)
+
+
+def block_params(c, cross=False):
+  D, N, K, H, F = c.model_dim, c.num_heads, c.num_kv_heads, 8, c.mlp_dim
+  attention_params = D * N * H + 2 * D * K * H + N * H * D
+  norm = D if c.norm == 'rms' else 2 * D
+  mlp = (3 if c.mlp == 'swiglu' else 2) * D * F
+  return (attention_params + norm) * (2 if cross else 1) + mlp + norm
+
+
+@pytest.mark.parametrize('tie', [True, False])
+def test_decoder_lm_parameter_count_and_shape(tie):
+  c = config(tie_embeddings=tie)
+  model = models.DecoderLM(c, rngs=nnx.Rngs(0))
+  V, D = c.vocab_size, c.model_dim
+  expected = V * D + 2 * block_params(c) + D + (0 if tie else D * V)
+  assert param_count(model) == expected
+  assert model(tokens()).shape == (2, 19, V)
+
+
+def test_encoder_parameter_count_and_heads():
+  c = config(norm='layer', mlp='gelu', position='learned', max_length=32)
+  model = models.Encoder(c, num_classes=3, pooling='mean', rngs=nnx.Rngs(0))
+  V, D = c.vocab_size, c.model_dim
+  expected = (V * D + 32 * D + 2 * block_params(c) + 2 * D  # final norm
+              + D * D + D + 2 * D  # MLM dense and norm
+              + D * 3 + 3)  # classifier
+  assert param_count(model) == expected
+  x = tokens()
+  lengths = jnp.array([19, 7])
+  hidden = model(x, lengths=lengths)
+  assert hidden.shape == (2, 19, D)
+  assert model.mlm_logits(hidden).shape == (2, 19, V)
+  assert model.classify(hidden, lengths).shape == (2, 3)
+  # Padding never reaches real tokens, nor the mean-pooled class.
+  padded = x.at[1, 7:].set(0)
+  np.testing.assert_allclose(model(padded, lengths=lengths)[1, :7],
+                             hidden[1, :7], atol=1e-5)
+  np.testing.assert_allclose(
+      model.classify(model(padded, lengths=lengths), lengths)[1],
+      model.classify(hidden, lengths)[1], atol=1e-5)
+
+
+def test_encoder_decoder_parameter_count_and_shape():
+  c = config(position='sinusoidal', post_norm=True, norm='layer')
+  model = models.EncoderDecoder(c, rngs=nnx.Rngs(0))
+  V, D = c.vocab_size, c.model_dim
+  expected = 2 * V * D + 2 * block_params(c) + 2 * block_params(c, True)
+  assert param_count(model) == expected
+  assert model(tokens(), tokens(T=11)).shape == (2, 11, V)
+
+
+def test_decoder_lm_is_causal():
+  model = models.DecoderLM(config(), rngs=nnx.Rngs(0))
+  x = tokens()
+  logits = model(x)
+  for t0 in (1, 8, 18):
+    moved = model(x.at[:, t0:].set(tokens(seed=1)[:, t0:]))
+    np.testing.assert_array_equal(moved[:, :t0], logits[:, :t0])
+    assert not np.allclose(moved[:, t0:], logits[:, t0:])
+
+
+DECODABLE = [n for n in attention.names() if attention.get(n).decodable]
+
+
+@pytest.mark.parametrize('position', ['rope', 'alibi', 'sinusoidal',
+                                      'learned', 'none'])
+@pytest.mark.parametrize('mechanism', DECODABLE)
+def test_incremental_decoding_equals_full_forward(mechanism, position):
+  c = config(attention=mechanism, position=position, max_length=32,
+             qk_norm=position == 'rope', logits_soft_cap=(
+                 30.0 if position == 'alibi' else None))
+  if mechanism != 'blockwise':
+    c = dataclasses.replace(c, attention_options=())
+  model = models.DecoderLM(c, rngs=nnx.Rngs(0))
+  x = tokens(T=12)
+  full = model(x)
+  # Prompts of 5 and 3 tokens (right-padded to 5), then one token a step.
+  lengths = jnp.array([5, 3])
+  cache = model.init_cache(2, 16)
+  logits, cache = model.decode(cache, x[:, :5], num_new=lengths)
+  np.testing.assert_allclose(logits[0], full[0, :5], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits[1, :3], full[1, :3], atol=1e-5,
+                             rtol=1e-5)
+  decode = nnx.jit(lambda model, cache, tokens: model.decode(cache, tokens))
+  for t in range(7):
+    step_tokens = jnp.stack([x[0, 5 + t], x[1, 3 + t]])[:, None]
+    logits, cache = decode(model, cache, step_tokens)
+    np.testing.assert_allclose(logits[0, 0], full[0, 5 + t], atol=1e-5,
+                               rtol=1e-5)
+    np.testing.assert_allclose(logits[1, 0], full[1, 3 + t], atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_gqa_cache_holds_kv_heads_only():
+  model = models.DecoderLM(config(num_heads=4, num_kv_heads=1),
+                           rngs=nnx.Rngs(0))
+  cache = model.init_cache(3, 40)
+  for state in cache['layers']:
+    assert state.key.shape == (3, 40, 1, 8)
+    assert state.value.shape == (3, 40, 1, 8)
+
+
+def test_generate_matches_greedy_forward_and_traces_once():
+  model = models.DecoderLM(config(), rngs=nnx.Rngs(0))
+  prompts = tokens(T=6)
+  lengths = jnp.array([6, 2])
+  before = models.generate.__globals__['TRACES']['count']
+  out, out_lengths = models.generate(model, prompts, lengths,
+                                     max_new_tokens=5)
+  models.generate(model, tokens(T=6, seed=3), lengths, max_new_tokens=5)
+  assert models.generate.__globals__['TRACES']['count'] == before + 1
+  np.testing.assert_array_equal(out_lengths, [11, 7])
+  # Greedy by full forwards: the model is causal, so a fixed 11-token buffer
+  # gives the logits of every prefix (one compilation).
+  forward = nnx.jit(lambda model, x: model(x))
+  for b in range(2):
+    seq = list(np.asarray(prompts[b, :lengths[b]]))
+    for _ in range(5):
+      logits = forward(model, jnp.asarray([seq + [0] * (11 - len(seq))]))
+      seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
+    np.testing.assert_array_equal(out[b, :out_lengths[b]], seq)
+
+
+def test_generate_stops_at_eos_and_samples():
+  model = models.DecoderLM(config(), rngs=nnx.Rngs(0))
+  greedy, _ = models.generate(model, tokens(T=4), max_new_tokens=6)
+  eos = int(greedy[0, 5])  # the second generated token of row 0
+  out, lengths = models.generate(model, tokens(T=4), max_new_tokens=6,
+                                 eos_id=eos)
+  assert lengths[0] <= 6 and out[0, lengths[0] - 1] == eos
+  np.testing.assert_array_equal(out[0, lengths[0]:], 0)
+  sampled, _ = models.generate(model, tokens(T=4), max_new_tokens=6,
+                               rng=jax.random.key(1), temperature=1.0,
+                               top_k=5, top_p=0.9)
+  assert sampled.shape == (2, 10)
+
+
+def test_sampling_filters():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  keys = jax.random.split(jax.random.key(0), 200)
+  draw = lambda **kw: {int(models.sample(logits, k, temperature=1.0, **kw)[0])
+                       for k in keys}
+  assert draw(top_k=2) == {0, 1}
+  assert draw(top_p=0.7) == {0, 1}
+  assert draw(top_p=0.9) == {0, 1, 2}
+  assert draw() == {0, 1, 2, 3}
+
+
+def test_bad_input_errors():
+  with pytest.raises(ValueError, match='known: .*blockwise'):
+    models.DecoderLM(config(attention='flash'), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='num_heads=4 must be a multiple of '
+                     'num_kv_heads=3'):
+    config(num_kv_heads=3)
+  with pytest.raises(ValueError, match="position must be one of"):
+    config(position='xpos')
+  model = models.DecoderLM(config(), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='exceeds the cache'):
+    models.generate(model, tokens(T=10), max_new_tokens=8, max_length=16)
+  cache = attention.get('blockwise').init_state(2, 2, 8, max_length=16)
+  q = jnp.ones((2, 1, 4, 8))
+  with pytest.raises(AssertionError, match='key must be'):
+    attention.get('blockwise').step(cache, q, jnp.ones((2, 1, 2, 4)),
+                                    jnp.ones((2, 1, 2, 4)))
