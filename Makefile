@@ -8,6 +8,9 @@ WORKERS ?= 2
 
 .PHONY: install test test-slow benchmark train clean
 
+# make train WORKDIR=...: rerunning with a workdir that has a checkpoint resumes.
+WORKDIR ?= workdir/default
+
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -21,6 +24,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow tests
+
+train: $(STAMP)
+	$(PY) -m experiments.main --config=experiments/configs/default.py --workdir=$(WORKDIR)
 
 # The README benchmark table; see experiments/benchmark.py for the flags.
 benchmark: $(STAMP)

@@ -1,0 +1,51 @@
+"""Default experiment: a small byte-level decoder LM with blockwise attention
+on the Python standard library's own sources, sized for a 2-core CPU.
+
+  python -m experiments.main --config=experiments/configs/default.py \
+      --workdir=/tmp/run --config.model.attention=dot_product
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # PRNG seed of parameters and data order
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'stdlib'  # 'stdlib' (Python's own sources) or 'file'
+  config.data.path = ''  # a local text or bytes file, for source='file'
+  config.data.validation_fraction = 0.05  # share of files (or bytes) held out
+  config.data.sequence_length = 256  # tokens (bytes) per training example
+
+  config.model = ml_collections.ConfigDict()
+  config.model.attention = 'blockwise'  # a name from attention.names()
+  config.model.attention_options = {}  # that mechanism's options
+  config.model.model_dim = 128  # D
+  config.model.num_layers = 4
+  config.model.num_heads = 4  # N
+  config.model.num_kv_heads = 2  # K (GQA)
+  config.model.mlp_dim = 384  # SwiGLU hidden width
+  config.model.mlp = 'swiglu'  # 'swiglu' or 'gelu'
+  config.model.norm = 'rms'  # 'rms' or 'layer'
+  config.model.position = 'rope'  # rope, alibi, sinusoidal, learned, none
+  config.model.dropout_rate = 0.0  # residual and embedding dropout
+  config.model.tie_embeddings = True
+  config.model.qk_norm = True  # RMSNorm on queries and keys
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 16  # sequences per step (global, over devices)
+  config.train.num_steps = 550  # optimizer steps (about 4.5 min here)
+  config.train.max_seconds = 285.0  # stop early past this much training
+  config.train.learning_rate = 3e-3  # peak learning rate
+  config.train.schedule = 'cosine'  # 'cosine' (warmup + cosine) or 'rsqrt'
+  config.train.warmup_steps = 50  # linear warmup
+  config.train.weight_decay = 0.1  # AdamW decoupled weight decay
+  config.train.grad_clip_norm = 1.0  # global gradient-norm clipping
+  config.train.compute_dtype = 'float32'  # 'float32' or 'bfloat16' compute
+  config.train.log_every = 20  # steps between progress lines
+  config.train.eval_every = 100  # steps between evaluations
+  config.train.eval_batches = 8  # validation batches per evaluation
+  config.train.checkpoint_every = 100  # steps between checkpoints
+  config.train.keep_checkpoints = 2  # most recent checkpoints kept
+  return config

@@ -1,0 +1,9 @@
+"""The default experiment with plain exact attention instead of blockwise."""
+
+from experiments.configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.attention = 'dot_product'
+  return config
