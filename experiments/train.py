@@ -32,9 +32,11 @@ import attention
 from experiments import checkpoints
 from experiments import data as data_lib
 from experiments import reporting
+from experiments import tasks
 import models
 
 SCHEDULES = ('cosine', 'rsqrt')
+SOURCES = ('stdlib', 'file') + tuple(tasks.TASKS)
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -46,8 +48,7 @@ def validate_config(config: ml_collections.ConfigDict):
       ('train.schedule', config.train.schedule in SCHEDULES, SCHEDULES),
       ('train.compute_dtype', config.train.compute_dtype in DTYPES,
        tuple(DTYPES)),
-      ('data.source', config.data.source in ('stdlib', 'file'),
-       ('stdlib', 'file')),
+      ('data.source', config.data.source in SOURCES, SOURCES),
   ]
   for name in ('train.batch_size', 'train.num_steps', 'train.log_every',
                'train.eval_every', 'train.eval_batches',
@@ -79,7 +80,7 @@ def _model_config(config) -> models.TransformerConfig:
       mlp=m.mlp, norm=m.norm, dropout_rate=m.dropout_rate,
       attention=m.attention,
       attention_options=tuple(sorted(dict(m.attention_options).items())),
-      position=m.position, max_length=config.data.sequence_length,
+      position=m.position, max_length=config.data.max_length,
       tie_embeddings=m.tie_embeddings, qk_norm=m.qk_norm,
       dtype=(None if config.train.compute_dtype == 'float32'
              else DTYPES[config.train.compute_dtype]))
@@ -98,22 +99,26 @@ def make_optimizer(config) -> optax.GradientTransformation:
                      optax.adamw(schedule, weight_decay=t.weight_decay))
 
 
-def _loss(graphdef, params, rest, inputs, targets, key, deterministic):
+def _loss(graphdef, params, rest, inputs, targets, weights, key,
+          deterministic):
+  """Mean cross-entropy and accuracy over the weighted targets."""
   model = nnx.merge(graphdef, params, rest)
   if not deterministic:
     nnx.reseed(model, dropout=key)
   logits = model(inputs, deterministic=deterministic)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  accuracy = (jnp.argmax(logits, -1) == targets).mean()
-  return loss.mean(), accuracy
+  total = jnp.maximum(weights.sum(), 1.0)
+  accuracy = ((jnp.argmax(logits, -1) == targets) * weights).sum() / total
+  return (loss * weights).sum() / total, accuracy
 
 
-def _train_step(graphdef, tx, deterministic, state, inputs, targets):
+def _train_step(graphdef, tx, deterministic, state, inputs, targets,
+                weights):
   key = jax.random.fold_in(state['key'], state['step'])
   grad_fn = jax.value_and_grad(
       functools.partial(_loss, graphdef), has_aux=True)
   (loss, accuracy), grads = grad_fn(state['params'], state['rest'], inputs,
-                                    targets, key, deterministic)
+                                    targets, weights, key, deterministic)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   new_state = dict(state, params=params, opt_state=opt_state,
@@ -126,31 +131,43 @@ class Run:
   """What a training run holds besides its state."""
 
   config: ml_collections.ConfigDict
-  corpus: data_lib.Corpus
+  corpus: data_lib.Corpus | None  # None for synthetic tasks
   graphdef: nnx.GraphDef
   batch_sharding: NamedSharding
   evaluate_fn: object
 
+  def _put(self, inputs, targets, weights=None):
+    if weights is None:
+      weights = np.ones(targets.shape, np.float32)
+    return tuple(jax.device_put(x, self.batch_sharding)
+                 for x in (inputs, targets, weights))
+
   def batch(self, step):
-    c = self.config
-    inputs, targets = data_lib.train_batch(
-        self.corpus.train, seed=c.seed, step=step,
-        batch_size=c.train.batch_size,
-        sequence_length=c.data.sequence_length)
-    return (jax.device_put(inputs, self.batch_sharding),
-            jax.device_put(targets, self.batch_sharding))
+    """Training batch of `step`: (inputs, targets, weights), sharded."""
+    c, size = self.config, self.config.train.batch_size
+    if c.data.source in tasks.TASKS:
+      return self._put(*tasks.batch(c.data.source, seed=c.seed,
+                                    start=step * size, batch_size=size,
+                                    size=c.data.size))
+    return self._put(*data_lib.train_batch(
+        self.corpus.train, seed=c.seed, step=step, batch_size=size,
+        sequence_length=c.data.sequence_length))
+
+  def eval_batch(self, index):
+    c, size = self.config, self.config.train.batch_size
+    if c.data.source in tasks.TASKS:  # a stream the training never draws
+      return self._put(*tasks.batch(
+          c.data.source, seed=c.seed + 1, start=index * size,
+          batch_size=size, size=c.data.eval_size or c.data.size))
+    return self._put(*data_lib.eval_batch(
+        self.corpus.validation, index=index, batch_size=size,
+        sequence_length=c.data.sequence_length))
 
   def evaluate(self, state):
     c, losses, accuracies = self.config, [], []
     for index in range(c.train.eval_batches):
-      inputs, targets = data_lib.eval_batch(
-          self.corpus.validation, index=index,
-          batch_size=c.train.batch_size,
-          sequence_length=c.data.sequence_length)
-      loss, accuracy = self.evaluate_fn(
-          state['params'], state['rest'],
-          jax.device_put(inputs, self.batch_sharding),
-          jax.device_put(targets, self.batch_sharding))
+      loss, accuracy = self.evaluate_fn(state['params'], state['rest'],
+                                        *self.eval_batch(index))
       losses.append(float(loss))
       accuracies.append(float(accuracy))
     loss = float(np.mean(losses))
@@ -178,8 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   t = config.train
-  corpus = data_lib.load(config.data.source, config.data.path,
-                         config.data.validation_fraction)
+  corpus = None
+  if config.data.source not in tasks.TASKS:
+    corpus = data_lib.load(config.data.source, config.data.path,
+                           config.data.validation_fraction)
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated = NamedSharding(mesh, PartitionSpec())
   tx = make_optimizer(config)
@@ -195,8 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   train_step = jax.jit(
       functools.partial(_train_step, graphdef, tx, deterministic),
       donate_argnums=0)
-  evaluate_fn = jax.jit(lambda p, r, x, y: _loss(graphdef, p, r, x, y, None,
-                                                  True))
+  evaluate_fn = jax.jit(lambda p, r, x, y, w: _loss(graphdef, p, r, x, y, w,
+                                                     None, True))
   run = Run(config, corpus, graphdef, NamedSharding(mesh, PartitionSpec(
       'data')), evaluate_fn)
   reporter = reporting.Reporter(workdir, t.num_steps,

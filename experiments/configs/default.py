@@ -13,10 +13,15 @@ def get_config():
   config.seed = 0  # PRNG seed of parameters and data order
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'stdlib'  # 'stdlib' (Python's own sources) or 'file'
+  # 'stdlib' (Python's own sources), 'file', or a synthetic task:
+  # 'mqar', 'copy', 'passkey', 'parity', 'addition' (experiments/tasks.py)
+  config.data.source = 'stdlib'
   config.data.path = ''  # a local text or bytes file, for source='file'
   config.data.validation_fraction = 0.05  # share of files (or bytes) held out
-  config.data.sequence_length = 256  # tokens (bytes) per training example
+  config.data.sequence_length = 256  # tokens (bytes) per text example
+  config.data.size = 16  # task size: pairs, symbols, filler bytes, digits
+  config.data.eval_size = 0  # task size for evaluation (0: same as size)
+  config.data.max_length = 2048  # longest sequence (learned positions table)
 
   config.model = ml_collections.ConfigDict()
   config.model.attention = 'blockwise'  # a name from attention.names()

@@ -176,3 +176,13 @@ def test_eight_devices_reach_the_loss_of_one(tmp_path, text_file):
     for key in one:
       np.testing.assert_allclose(eight[key], one[key], rtol=2e-5, err_msg=key)
   shutil.rmtree(tmp_path)
+
+
+def test_bfloat16_compute_and_rsqrt_schedule(text_file, tmp_path):
+  config = tiny_config(text_file, **{'train.compute_dtype': 'bfloat16',
+                                     'train.schedule': 'rsqrt'})
+  final = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert np.isfinite(final['eval_loss'])
+  params = ocp.StandardCheckpointer().restore(
+      str(tmp_path / 'run' / 'checkpoints' / '6' / 'default'))['params']
+  assert all(x.dtype == np.float32 for _, x in _flatten(params))
