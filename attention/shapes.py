@@ -7,7 +7,7 @@ of `jax.nn.dot_product_attention`'s documentation:
   T  query length                  G  query heads per key/value head, N // K
   S  key/value length              H  head dimension
   N  query heads                   D  model dimension
-  C  chunk (tile) length           R  rows of a tile: C query positions x G heads
+  C  chunk (tile) length           R  tile rows: C query positions x G heads
   F  random features               U  hash buckets
   P  hash rounds (the "R" of LSH papers; R is taken by tile rows here)
 

@@ -10,6 +10,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 from ml_collections import config_flags
 
@@ -25,6 +26,8 @@ _WORKDIR = flags.DEFINE_string('workdir', 'workdir/default',
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # Keep orbax's INFO lines out of
+    logging.set_verbosity(logging.WARNING)  # the progress; -v 0 shows them.
   if os.environ.get('JAX_COORDINATOR_ADDRESS'):  # multi-host launch
     jax.distributed.initialize()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

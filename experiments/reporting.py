@@ -11,11 +11,12 @@ import time
 class Reporter:
   """Writes metrics to `workdir/metrics.jsonl` and progress to the console."""
 
-  def __init__(self, workdir: str, total_steps: int, tokens_per_step: int):
+  def __init__(self, workdir: str, total_steps: int, tokens_per_step: int,
+               start_step: int = 0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.total_steps, self.tokens_per_step = total_steps, tokens_per_step
     self.tty = sys.stdout.isatty()
-    self.last_time, self.last_step = time.perf_counter(), None
+    self.last_time, self.last_step = time.perf_counter(), start_step
     self.tensorboard = None
     try:
       import tensorboardX  # pylint: disable=g-import-not-at-top
@@ -34,9 +35,6 @@ class Reporter:
   def progress(self, step: int, loss: float):
     """A progress line (a live bar on a terminal) with rate and ETA."""
     now = time.perf_counter()
-    if self.last_step is None:
-      self.last_time, self.last_step = now, step
-      return
     steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
     self.last_time, self.last_step = now, step
     eta = (self.total_steps - step) / max(steps_per_s, 1e-9)

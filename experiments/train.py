@@ -218,9 +218,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                                                      None, True))
   run = Run(config, corpus, graphdef, NamedSharding(mesh, PartitionSpec(
       'data')), evaluate_fn)
-  reporter = reporting.Reporter(workdir, t.num_steps,
-                                t.batch_size * config.data.sequence_length)
   step = int(state['step'])
+  reporter = reporting.Reporter(workdir, t.num_steps,
+                                t.batch_size * config.data.sequence_length,
+                                start_step=step)
   print(f'{"resuming at" if step else "starting"} step {step} of '
         f'{t.num_steps}: {config.model.attention} attention, '
         f'{sum(x.size for x in jax.tree.leaves(state["params"])):,} '

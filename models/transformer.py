@@ -79,7 +79,8 @@ class Stack(nnx.Module):
 
   def init_cache(self, batch_size: int, max_length: int):
     """Decoding cache: next position per row and each layer's state."""
-    if self.config.position == 'learned' and max_length > self.config.max_length:
+    if (self.config.position == 'learned' and
+        max_length > self.config.max_length):
       raise ValueError(f'max_length={max_length} exceeds the learned position '
                        f'table (config.max_length={self.config.max_length})')
     return {'position': jnp.zeros((batch_size,), jnp.int32),

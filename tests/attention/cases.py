@@ -118,7 +118,8 @@ def output_and_grads(fn, case: Case, x, jit=True):
   def loss(diff):
     args = {**kwargs(case, x), **diff}
     out = fn(args.pop('query'), args.pop('key'), args.pop('value'), **args)
-    return jnp.sum(out.astype(jnp.float32) * x['d_out'].astype(jnp.float32)), out
+    d_out = x['d_out'].astype(jnp.float32)
+    return jnp.sum(out.astype(jnp.float32) * d_out), out
 
   grad_fn = jax.grad(loss, has_aux=True)
   if jit:

@@ -61,7 +61,7 @@ def test_nnx_layer_matches_its_default(name, num_kv_heads):
            dict(inputs_q=x, inputs_k=y, inputs_v=y)]
   for kwargs in cases:
     want = default(**kwargs)
-    got = nnx.jit(lambda m: m(**kwargs))(ours)  # pylint: disable=cell-var-from-loop
+    got = nnx.jit(lambda m, kw=kwargs: m(**kw))(ours)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
   # Padded queries see no key: ours gives zeros before the output
   # projection where Flax averages, so compare the real rows only.

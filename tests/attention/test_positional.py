@@ -38,7 +38,8 @@ def test_alibi_slopes_of_the_paper():
   # (2^(-i/2), i = 1, 3, 5, 7), as in the paper's code.
   np.testing.assert_allclose(
       positional.alibi_slopes(12),
-      [2.0 ** -i for i in range(1, 9)] + [2.0 ** -(i / 2) for i in (1, 3, 5, 7)],
+      [2.0 ** -i for i in range(1, 9)] +
+      [2.0 ** -(i / 2) for i in (1, 3, 5, 7)],
       rtol=1e-6)
 
 
