@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from attention import arguments
+from attention import masking
+from attention import positional
 
 
 class KVCache(NamedTuple):
@@ -72,7 +75,8 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
     attend: the exact attention function to use over the cache.
     num_new: optional int `[B]`: real tokens among the L of each row
       (default L); the cache length of row b grows by `num_new[b]`.
-    local_window_size: int or `(left, right)`; only `left` matters here.
+    local_window_size: int or `(left, right)`; with causal decoding only
+      `left` matters.
     alibi_slopes: optional `[N]` ALiBi slopes.
     **options: passed to `attend` (scale, logits_soft_cap, chunk sizes...).
 
@@ -93,19 +97,16 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
   new_value = _write(state.value, value, state.length)
   q_pos_BL = state.length[:, None] + jnp.arange(L)[None, :]
   k_pos = jnp.arange(max_length)
-  visible_BLS = k_pos[None, None, :] <= q_pos_BL[:, :, None]
-  if local_window_size is not None:
-    left = (local_window_size if isinstance(local_window_size, int)
-            else local_window_size[0])
-    visible_BLS &= k_pos[None, None, :] >= q_pos_BL[:, :, None] - left
-  bias = None
-  if alibi_slopes is not None:  # -slope[n] |t - s|, as [B, N, L, max_length]
-    distance_BLS = jnp.abs(q_pos_BL[:, :, None] - k_pos[None, None, :])
-    slopes_N = jnp.asarray(alibi_slopes, jnp.float32)
-    bias = (-slopes_N[None, :, None, None] *
-            distance_BLS[:, None].astype(jnp.float32))
-  out = attend(query, new_key, new_value, bias=bias,
-               mask=visible_BLS[:, None], **options)
+  rules = masking.PositionRules(
+      is_causal=True, window=arguments.window_pair(local_window_size),
+      S=max_length)
+  visible_B1LS = jax.vmap(lambda q_pos: rules.visible(q_pos, k_pos))(q_pos_BL)
+  bias_BNLS = None
+  if alibi_slopes is not None:
+    bias_BNLS = jax.vmap(positional.alibi_bias, in_axes=(None, 0, None))(
+        jnp.asarray(alibi_slopes, jnp.float32), q_pos_BL, k_pos)
+  out = attend(query, new_key, new_value, bias=bias_BNLS, mask=visible_B1LS,
+               **options)
   num_new = jnp.full((B,), L, jnp.int32) if num_new is None else num_new
   overflow = state.length + L > max_length
   out = jnp.where(overflow[:, None, None, None], jnp.nan, out)

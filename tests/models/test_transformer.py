@@ -229,3 +229,18 @@ def test_decoding_cache_round_trips_through_orbax(tmp_path):
   step = tokens(T=1, seed=4)
   np.testing.assert_array_equal(model.decode(restored, step)[0],
                                 model.decode(cache, step)[0])
+
+
+@pytest.mark.parametrize('mechanism', DECODABLE)
+def test_cache_steps_with_a_window_equal_full_windowed_attention(mechanism):
+  rng = np.random.default_rng(5)
+  q = jnp.asarray(rng.standard_normal((2, 10, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((2, 10, 2, 8)), jnp.float32)
+          for _ in range(2))
+  m = attention.get(mechanism)
+  want = m(q, k, v, is_causal=True, local_window_size=(3, 0))
+  state = m.init_state(2, 2, 8, max_length=12)
+  for t in range(10):
+    out, state = m.step(state, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1],
+                        local_window_size=(3, 0))
+    np.testing.assert_allclose(out[:, 0], want[:, t], atol=1e-5, rtol=1e-5)
