@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -28,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import attention
+from experiments import timing
 
 _MECHANISMS = flags.DEFINE_list('mechanisms', ['blockwise'],
                                 'Registered mechanism names to measure.')
@@ -65,46 +64,10 @@ def matmul_rate(dtype, sizes=(1024, 2048, 4096), repeats=5):
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x, y: x @ y).lower(a, a).compile()
     thunks = {'mm': lambda: f(a, a)}
-    _warm_up(thunks)
-    seconds = _median_seconds(thunks, repeats)['mm']
+    timing.warm_up(thunks)
+    seconds = timing.median_seconds(thunks, repeats)['mm']
     best = max(best, 2 * n**3 / seconds / 1e9)
   return best
-
-
-def _warm_up(thunks):
-  """Runs each thunk once (first-touch allocation); total seconds."""
-  start = time.perf_counter()
-  for thunk in thunks.values():
-    jax.block_until_ready(thunk())
-  return time.perf_counter() - start
-
-
-def _settle(interval=0.05, max_wait=10.0):
-  """Waits until this process is idle.
-
-  XLA frees a run's temporaries after its result is ready; freeing jax.nn's
-  gigabytes takes a core for a fraction of a second, which would otherwise
-  be charged to the next timed run (measured: 0.72 s -> 1.07 s for
-  blockwise after jax.nn at N=8192).
-  """
-  deadline = time.perf_counter() + max_wait
-  while time.perf_counter() < deadline:
-    cpu = time.process_time()
-    time.sleep(interval)
-    if time.process_time() - cpu < 0.1 * interval:
-      return
-
-
-def _median_seconds(thunks, repeats):
-  """Times the (warm) thunks alternating; median seconds of each."""
-  times = {name: [] for name in thunks}
-  for _ in range(repeats):
-    for name, thunk in thunks.items():
-      _settle()
-      start = time.perf_counter()
-      jax.block_until_ready(thunk())
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def attention_flops(b, n, t, s, h, causal, mode):
@@ -144,9 +107,9 @@ def measure_length(length, mode, names, options, rate):
                       temp_bytes=temp, seconds=None)
     if name != BASELINE or temp < _BASELINE_MAX_GB.value * 1e9:
       runnable[name] = lambda c=compiled: c(q, k, v)
-  warm = _warm_up(runnable)
+  warm = timing.warm_up(runnable)
   repeats = max(1, min(_REPEATS.value, int(_MAX_SECONDS.value / warm)))
-  for name, seconds in _median_seconds(runnable, repeats).items():
+  for name, seconds in timing.median_seconds(runnable, repeats).items():
     rows[name].update(seconds=seconds, repeats=repeats,
                       gflops=flops / seconds / 1e9,
                       matmul_fraction=flops / seconds / 1e9 / rate)

@@ -8,8 +8,9 @@ For each context length C, a `DecoderLM` continues a C-token prompt by
              buffer (C + new_tokens, fixed so it compiles once) and reads
              the logits at the current position.
 
-Both are compiled and warmed up first; tokens/s counts generated tokens only,
-from the median of `--repeats` runs; the two outputs must agree.
+Both are compiled and warmed up first, then timed alternately
+(`experiments.timing`); tokens/s counts generated tokens only, from the
+median of `--repeats` runs; the two outputs must agree.
 
   python -m experiments.benchmark_decoding --contexts=1024,4096
 """
@@ -17,9 +18,6 @@ from the median of `--repeats` runs; the two outputs must agree.
 from __future__ import annotations
 
 import json
-import statistics
-import time
-
 from absl import app
 from absl import flags
 from flax import nnx
@@ -28,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
+from experiments import timing
 
 _CONTEXTS = flags.DEFINE_list('contexts', ['1024', '4096'],
                               'Prompt lengths C.')
@@ -63,16 +62,6 @@ def _recompute(model, prompts, new_tokens):
   return lambda: run(state, prompts)
 
 
-def _median_seconds(fn, repeats):
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def main(argv):
   del argv
   rows = []
@@ -92,8 +81,10 @@ def main(argv):
     recompute = _recompute(model, prompts, _NEW.value)
     same = bool((cached() == recompute()).all())
     generated = _BATCH.value * _NEW.value
-    rates = {name: generated / _median_seconds(fn, _REPEATS.value)
-             for name, fn in [('cache', cached), ('recompute', recompute)]}
+    thunks = {'cache': cached, 'recompute': recompute}
+    timing.warm_up(thunks)
+    rates = {name: generated / seconds for name, seconds in
+             timing.median_seconds(thunks, _REPEATS.value).items()}
     rows.append(dict(context=context, new_tokens=_NEW.value,
                      outputs_agree=same, **{f'{k}_tokens_per_s': v
                                             for k, v in rates.items()}))
