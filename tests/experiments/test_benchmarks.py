@@ -20,7 +20,8 @@ def test_attention_benchmark(tmp_path):
   stdout = run('experiments.benchmark', '--lengths=64,96', '--repeats=1',
                '--mechanisms=blockwise,dot_product', '--kv_heads=2',
                f'--output={output}')
-  assert 'matmul' in stdout and '| blockwise | forward_backward | 96 |' in stdout
+  assert 'matmul' in stdout
+  assert '| blockwise | forward_backward | 96 |' in stdout
   rows = json.loads(output.read_text())['rows']
   assert len(rows) == 2 * 2 * 3  # modes x lengths x (jax.nn + 2 mechanisms)
   for row in rows:
