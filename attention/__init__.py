@@ -6,6 +6,8 @@ legend. Mechanisms are also reachable by name: `attention.get(name)`.
 """
 
 from attention.blockwise import blockwise_attention
+from attention.linear import linear_attention
+from attention.performer import draw_projection, performer_attention
 from attention.reference import dot_product_attention
 from attention.registry import Mechanism, get, names, register
 
@@ -13,7 +15,10 @@ __all__ = [
     'Mechanism',
     'blockwise_attention',
     'dot_product_attention',
+    'draw_projection',
     'get',
+    'linear_attention',
     'names',
+    'performer_attention',
     'register',
 ]

@@ -64,6 +64,13 @@ def parse(name, query, key, value, *, scale, local_window_size,
                    logits_soft_cap=logits_soft_cap and float(logits_soft_cap))
 
 
+def parse_step(name, query, key, value, *, scale) -> Arguments:
+  """`parse` for a decoding step: no lengths, masks, dtype or dropout."""
+  return parse(name, query, key, value, scale=scale, local_window_size=None,
+               query_seq_lengths=None, key_value_seq_lengths=None, dtype=None,
+               dropout_rate=0.0, deterministic=True, module=None)
+
+
 def window_pair(local_window_size) -> tuple[int, int] | None:
   """Normalises `local_window_size` (int or (left, right)) to a pair."""
   if local_window_size is None:
@@ -86,6 +93,28 @@ def default_scale(scale, head_dim: int) -> float:
   if not isinstance(scale, (int, float)):
     raise ValueError(f'scale must be a Python number, got {type(scale)}')
   return float(scale)
+
+
+def check_positive_int(name: str, value):
+  """Raises ValueError unless `value` is a positive int (bools are not)."""
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f'{name} must be a positive int, got {value!r}')
+
+
+def refuse(mechanism: str, why: str, **options):
+  """Raises ValueError naming the first option that is set (not None).
+
+  For arguments a mechanism cannot honour: they are never silently dropped.
+  """
+  for name, value in options.items():
+    if value is not None:
+      raise ValueError(f'{mechanism} does not support {name} ({why}); got '
+                       f'{name}={_short(value)}')
+
+
+def _short(value):
+  shape = getattr(value, 'shape', None)
+  return f'an array of shape {shape}' if shape is not None else repr(value)
 
 
 def check_flax_options(name, *, dropout_rate, deterministic, module):

@@ -171,11 +171,6 @@ def _bnts_for_kernel(name, array, dims, Tp, Sp):
   return _pad_axis(_pad_axis(array, 2, Tp), 4, Sp)
 
 
-def _check_chunk(name, size):
-  if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-    raise ValueError(f'{name} must be a positive int, got {size!r}')
-
-
 def blockwise_attention(query, key, value, bias=None, mask=None, *,
                         scale=None, is_causal=False, query_seq_lengths=None,
                         key_value_seq_lengths=None, local_window_size=None,
@@ -226,8 +221,8 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   O(B N (C_q C_k + (T + S) H)), linear in the sequence length.
   """
   del dropout_rng, broadcast_dropout  # Only meaningful with dropout.
-  _check_chunk('query_chunk_size', query_chunk_size)
-  _check_chunk('key_chunk_size', key_chunk_size)
+  arguments.check_positive_int('query_chunk_size', query_chunk_size)
+  arguments.check_positive_int('key_chunk_size', key_chunk_size)
   args = arguments.parse(
       'blockwise_attention', query, key, value, scale=scale,
       local_window_size=local_window_size,

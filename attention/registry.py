@@ -20,6 +20,13 @@ class Mechanism:
   `init_state(batch_size, num_kv_heads, head_dim, **options)` and
   `step(state, query, key, value, **options) -> (out, state)` decode
   causally (see `attention.kv_cache`); None where a mechanism cannot.
+
+  `exact`: computes softmax attention exactly (tested against the oracle);
+  approximations are tested against their own definitions. `refuses`: the
+  shared options it cannot honour (each raises ValueError when set).
+  `draw_projection(rng, head_dim, **options)`: for random-feature
+  mechanisms, a new draw of their `projection` option (models keep it as a
+  non-trainable variable and can redraw it).
   """
 
   name: str
@@ -27,6 +34,9 @@ class Mechanism:
   defaults: tuple[tuple[str, Any], ...]  # sorted (option, value) pairs
   init_state: Callable[..., Any] | None = None
   step: Callable[..., Any] | None = None
+  exact: bool = True
+  refuses: tuple[str, ...] = ()
+  draw_projection: Callable[..., Any] | None = None
 
   @property
   def decodable(self) -> bool:
@@ -38,14 +48,16 @@ class Mechanism:
 
 
 def register(name: str, fn: Callable[..., Any], *, init_state=None,
-             step=None, **defaults):
+             step=None, exact=True, refuses=(), draw_projection=None,
+             **defaults):
   """Registers `fn` (and its decoding pair) under `name` with defaults."""
   if name in _REGISTRY and _REGISTRY[name].fn is not fn:
     raise ValueError(f'attention mechanism {name!r} is already registered')
   if (init_state is None) != (step is None):
     raise ValueError(f'{name}: give both init_state and step, or neither')
   _REGISTRY[name] = Mechanism(name, fn, tuple(sorted(defaults.items())),
-                              init_state, step)
+                              init_state, step, exact, tuple(refuses),
+                              draw_projection)
   return fn
 
 

@@ -1,6 +1,7 @@
 """Flax NNX modules that take any `attention` mechanism by registry name."""
 
-from models.attention import MultiHeadAttention
+from models.attention import MultiHeadAttention, RandomProjection
+from models.attention import redraw_projections
 from models.block import Block, Mlp
 from models.config import TransformerConfig
 from models.generate import generate, sample
@@ -13,7 +14,9 @@ __all__ = [
     'EncoderDecoder',
     'Mlp',
     'MultiHeadAttention',
+    'RandomProjection',
     'TransformerConfig',
     'generate',
+    'redraw_projections',
     'sample',
 ]

@@ -6,6 +6,12 @@ keys and values (MHA when K = N, GQA, MQA when K = 1), optional QK-norm
 2302.05442), RoPE or ALiBi positions, logit soft-capping, and the attention
 itself by registry name: `attention='blockwise'`,
 `attention_options={'query_chunk_size': 256}`.
+
+Random-feature mechanisms (Performer) get their projection drawn once from
+the layer's `params` stream and kept as a `RandomProjection` variable: not a
+`nnx.Param`, so optimizers leave it alone, but saved with the model state.
+`redraw(rng)` (or `redraw_projections(model, rng)` for a whole model) draws
+a new one, as the Performer paper does during training.
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 
 import attention as attention_lib
 from attention import positional
 
 POSITIONAL_IN_ATTENTION = ('rope', 'alibi', None)
+
+
+class RandomProjection(nnx.Variable):
+  """A random-feature projection `[F, H]`: state, but not trained."""
 
 
 class MultiHeadAttention(nnx.Module):
@@ -40,11 +51,19 @@ class MultiHeadAttention(nnx.Module):
     if position not in POSITIONAL_IN_ATTENTION:
       raise ValueError(f'position must be one of {POSITIONAL_IN_ATTENTION}, '
                        f'got {position!r}')
-    attention_lib.get(attention)  # Unknown names fail here, listing known.
+    mechanism = attention_lib.get(attention)  # Unknown names fail here.
     self.attention = attention
     options = dict(attention_options or {})
     if logits_soft_cap is not None:
       options['logits_soft_cap'] = logits_soft_cap
+    refused = [name for name, used in [
+        ('logits_soft_cap', logits_soft_cap is not None),
+        ('alibi_slopes', position == 'alibi')] if used and
+               name in mechanism.refuses]
+    if refused:
+      raise ValueError(f'attention {attention!r} does not support '
+                       f'{refused[0]} (position={position!r}, logits_soft_cap='
+                       f'{logits_soft_cap!r})')
     self.options = tuple(sorted(options.items()))  # hashable, static
     self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
     self.head_dim, self.position, self.rope_base = head_dim, position, rope_base
@@ -60,6 +79,18 @@ class MultiHeadAttention(nnx.Module):
     norm = lambda: nnx.RMSNorm(head_dim, dtype=dtype, param_dtype=param_dtype,
                                rngs=rngs) if qk_norm else None
     self.query_norm, self.key_norm = norm(), norm()
+    self.projection = RandomProjection(
+        self._draw(rngs.params())) if mechanism.draw_projection else None
+
+  def _draw(self, rng):
+    mechanism = self.mechanism
+    return mechanism.draw_projection(
+        rng, self.head_dim, **{**dict(mechanism.defaults), **dict(self.options)})
+
+  def redraw(self, rng):
+    """Draws a new random-feature projection (no-op without one)."""
+    if self.projection is not None:
+      self.projection[...] = self._draw(rng)
 
   @property
   def mechanism(self) -> attention_lib.Mechanism:
@@ -70,6 +101,8 @@ class MultiHeadAttention(nnx.Module):
     options = dict(self.options)
     if self.position == 'alibi':
       options['alibi_slopes'] = positional.alibi_slopes(self.num_heads)
+    if self.projection is not None:
+      options['projection'] = self.projection[...]
     return options
 
   def _project(self, x, context, q_positions, k_positions):
@@ -127,3 +160,14 @@ class MultiHeadAttention(nnx.Module):
     out, state = self.mechanism.step(state, query, key, value,
                                      num_new=num_new, **self._options())
     return self.out(out), state
+
+
+def redraw_projections(model: nnx.Module, rng) -> None:
+  """Redraws the projection of every random-feature layer in `model`.
+
+  Layer i (in graph order) draws from `fold_in(rng, i)`.
+  """
+  layers = [m for _, m in nnx.iter_modules(model)
+            if isinstance(m, MultiHeadAttention) and m.projection is not None]
+  for i, layer in enumerate(layers):
+    layer.redraw(jax.random.fold_in(rng, i))

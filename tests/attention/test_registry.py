@@ -2,6 +2,7 @@
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,7 +15,12 @@ from tests.attention import cases
 CONFORMANCE = {
     'dot_product': {},
     'blockwise': dict(query_chunk_size=16, key_chunk_size=5),
+    'linear': dict(chunk_size=5),
+    'performer': dict(chunk_size=5, num_features=32),
 }
+REFUSED_VALUES = dict(bias=jnp.zeros((1, 1, 37, 37)),
+                      mask=jnp.ones((37, 37), bool), local_window_size=3,
+                      alibi_slopes=jnp.ones(4), logits_soft_cap=5.0)
 
 
 def test_every_mechanism_is_tested():
@@ -42,8 +48,57 @@ def test_registering_another_function_under_a_taken_name_raises():
     attention.register('blockwise', lambda q, k, v: q)
 
 
+EXACT = sorted(n for n in CONFORMANCE if attention.get(n).exact)
+
+
 @pytest.mark.parametrize('case', [cases.CASES[6], cases.CASES[-1]], ids=str)
-@pytest.mark.parametrize('name', sorted(CONFORMANCE))
+@pytest.mark.parametrize('name', EXACT)
 def test_conformance_exact(name, case):
   fn = functools.partial(attention.get(name), **CONFORMANCE[name])
   cases.check_against_oracle(fn, case, jnp.float32)
+
+
+def _qkv(T=37, seed=0):
+  x = cases.inputs(cases.Case('gqa', T=T, S=T), jnp.float32, seed=seed)
+  return x['query'], x['key'], x['value']
+
+
+@pytest.mark.parametrize('name', sorted(CONFORMANCE))
+def test_conformance_causal_padding_decoding(name):
+  """What every mechanism keeps, exact or not (DESIGN.md contracts)."""
+  mechanism = attention.get(name)
+  fn = functools.partial(mechanism, **CONFORMANCE[name])
+  q, k, v = _qkv()
+  base = fn(q, k, v, is_causal=True)
+  assert base.shape == q.shape and base.dtype == q.dtype
+  # Future tokens leave earlier outputs bitwise unchanged.
+  nq, nk, nv = _qkv(seed=1)
+  moved = fn(q.at[:, 20:].set(nq[:, 20:]), k.at[:, 20:].set(3 * nk[:, 20:]),
+             v.at[:, 20:].set(nv[:, 20:]), is_causal=True)
+  np.testing.assert_array_equal(moved[:, :20], base[:, :20])
+  # Whatever lies in padded keys never reaches an output.
+  lengths = jnp.array([37, 15])
+  padded = functools.partial(fn, key_value_seq_lengths=lengths)
+  np.testing.assert_array_equal(
+      padded(q, k.at[1, 15:].set(20.0), v.at[1, 15:].set(1e4)),
+      padded(q, k, v))
+  if mechanism.decodable:
+    state = mechanism.init_state(2, 2, 16, max_length=40,
+                                   **CONFORMANCE[name])
+    step = jax.jit(functools.partial(mechanism.step,
+                                     **CONFORMANCE[name]))
+    for t in range(37):
+      out, state = step(state, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1])
+      np.testing.assert_allclose(out[:, 0], base[:, t], atol=1e-5,
+                                 rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', sorted(CONFORMANCE))
+def test_conformance_refused_options_raise_by_name(name):
+  q, k, v = _qkv()
+  refuses = attention.get(name).refuses
+  for option in refuses:
+    with pytest.raises(ValueError, match=f'does not support {option}'):
+      attention.get(name)(q, k, v, **{option: REFUSED_VALUES[option]})
+  for option in set(REFUSED_VALUES) - set(refuses):  # honoured: no error
+    attention.get(name)(q, k, v, **{option: REFUSED_VALUES[option]})

@@ -55,8 +55,16 @@ def test_examples_are_functions_of_seed_and_index(task):
   assert not np.array_equal(first[0], other[0])
 
 
-@pytest.mark.parametrize('mechanism', attention.names())
-@pytest.mark.parametrize('task', sorted(tasks.TASKS))
+def _task_mechanism_pairs():
+  """Every task and every mechanism in the default suite; the rest slow."""
+  names, task_names = attention.names(), sorted(tasks.TASKS)
+  fast = {(t, names[i % len(names)]) for i, t in enumerate(task_names)}
+  fast |= {(task_names[i % len(task_names)], m) for i, m in enumerate(names)}
+  return [pytest.param(t, m, marks=() if (t, m) in fast else pytest.mark.slow)
+          for t in task_names for m in names]
+
+
+@pytest.mark.parametrize('task,mechanism', _task_mechanism_pairs())
 def test_short_training_run(tmp_path, task, mechanism):
   config = default.get_config()
   config.data.source, config.data.size, config.data.eval_size = task, 6, 9

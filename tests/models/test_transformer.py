@@ -91,17 +91,29 @@ def test_decoder_lm_is_causal():
 
 
 DECODABLE = [n for n in attention.names() if attention.get(n).decodable]
+POSITIONS = ['rope', 'alibi', 'sinusoidal', 'learned', 'none']
+# ALiBi runs with a logit soft-cap here; mechanisms without logits refuse
+# both (test_mechanisms_refuse_alibi_and_soft_cap_by_name).
+# Approximate mechanisms run every position in the slow suite only.
+DECODING_CASES = [
+    pytest.param(m, p, marks=() if attention.get(m).exact or p in (
+        'rope', 'none') else pytest.mark.slow)
+    for m in DECODABLE for p in POSITIONS
+    if p != 'alibi' or 'alibi_slopes' not in attention.get(m).refuses]
 
 
-@pytest.mark.parametrize('position', ['rope', 'alibi', 'sinusoidal',
-                                      'learned', 'none'])
-@pytest.mark.parametrize('mechanism', DECODABLE)
+@pytest.mark.parametrize('mechanism,position', DECODING_CASES)
 def test_incremental_decoding_equals_full_forward(mechanism, position):
   c = config(attention=mechanism, position=position, max_length=32,
              qk_norm=position == 'rope', logits_soft_cap=(
                  30.0 if position == 'alibi' else None))
   if mechanism != 'blockwise':
     c = dataclasses.replace(c, attention_options=())
+  if mechanism == 'linear':  # Chunks of 4 tokens: several per sequence.
+    c = dataclasses.replace(c, attention_options=(('chunk_size', 4),))
+  if mechanism == 'performer':
+    c = dataclasses.replace(c, attention_options=(('chunk_size', 4),
+                                                  ('num_features', 16)))
   model = models.DecoderLM(c, rngs=nnx.Rngs(0))
   x = tokens(T=12)
   full = model(x)
@@ -231,7 +243,25 @@ def test_decoding_cache_round_trips_through_orbax(tmp_path):
                                 model.decode(cache, step)[0])
 
 
-@pytest.mark.parametrize('mechanism', DECODABLE)
+REFUSING = [m for m in attention.names()
+            if 'alibi_slopes' in attention.get(m).refuses]
+
+
+@pytest.mark.parametrize('mechanism', REFUSING)
+def test_mechanisms_refuse_alibi_and_soft_cap_by_name(mechanism):
+  with pytest.raises(ValueError, match='does not support alibi_slopes'):
+    models.DecoderLM(config(attention=mechanism, position='alibi'),
+                     rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='does not support logits_soft_cap'):
+    models.DecoderLM(config(attention=mechanism, logits_soft_cap=5.0),
+                     rngs=nnx.Rngs(0))
+
+
+WINDOWED = [m for m in DECODABLE
+            if 'local_window_size' not in attention.get(m).refuses]
+
+
+@pytest.mark.parametrize('mechanism', WINDOWED)
 def test_cache_steps_with_a_window_equal_full_windowed_attention(mechanism):
   rng = np.random.default_rng(5)
   q = jnp.asarray(rng.standard_normal((2, 10, 4, 8)), jnp.float32)

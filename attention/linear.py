@@ -1,0 +1,173 @@
+"""Linear attention: softmax replaced by a feature map, O(N) in length.
+
+Katharopoulos et al. 2020, "Transformers are RNNs: Fast Autoregressive
+Transformers with Linear Attention" (arXiv 2006.16236). With a feature map
+phi applied per head to queries and keys,
+
+  out_t = phi(q_t) . sum_s phi(k_s) v_s^T / (phi(q_t) . sum_s phi(k_s) + eps),
+
+summed over all keys (bidirectional) or over s <= t (causal). Three forms
+compute the same thing (`attention.kernelized` holds the math):
+
+  parallel:  one chunk of the whole length: the masked T x T matrix;
+  chunked:   `chunk_size` tokens at a time, the quadratic form inside a
+             chunk and prefix sums carried across chunks by a scan;
+  recurrent: `step`, token by token (or a prompt at a time) on a state of
+             `[K, H_features, H]` per row: O(1) memory per generated token.
+
+Feature maps by name: 'elu_plus_one' (the paper's elu(x) + 1), 'relu',
+'identity'; or any function `[..., H] -> [..., F]` of float32 arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from attention import arguments
+from attention import kernelized
+from attention import registry
+
+FEATURE_MAPS = {
+    'elu_plus_one': lambda x: jax.nn.elu(x) + 1.0,
+    'relu': jax.nn.relu,
+    'identity': lambda x: x,
+}
+
+REFUSES = ('bias', 'mask', 'local_window_size', 'alibi_slopes',
+           'logits_soft_cap')
+_UNSUPPORTED = ('has no attention matrix to bias, mask or window; use '
+                'is_causal and key_value_seq_lengths')
+
+
+def feature_function(feature_map) -> Callable:
+  """The feature map called `feature_map`, or `feature_map` if callable."""
+  if callable(feature_map):
+    return feature_map
+  if feature_map not in FEATURE_MAPS:
+    raise ValueError(f'feature_map must be one of {sorted(FEATURE_MAPS)} or '
+                     f'a function, got {feature_map!r}')
+  return FEATURE_MAPS[feature_map]
+
+
+def _check(chunk_size, eps):
+  arguments.check_positive_int('chunk_size', chunk_size)
+  if not isinstance(eps, (int, float)) or eps < 0:
+    raise ValueError(f'eps must be a non-negative number, got {eps!r}')
+
+
+def _features(feature_map, x, scale=1.0):
+  """Float32 features `[..., F]` of `x [..., H]`."""
+  return feature_function(feature_map)(x.astype(jnp.float32) * scale)
+
+
+def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
+                     is_causal=False, query_seq_lengths=None,
+                     key_value_seq_lengths=None, local_window_size=None,
+                     feature_map='elu_plus_one', eps=1e-6, chunk_size=64,
+                     dropout_rng=None, dropout_rate=0.0,
+                     broadcast_dropout=True, deterministic=True, dtype=None,
+                     precision=None, module=None, alibi_slopes=None,
+                     logits_soft_cap=None):
+  """Linear attention (Katharopoulos et al. 2020, arXiv 2006.16236).
+
+  Args:
+    query: `[B, T, N, H]`.
+    key: `[B, S, K, H]`, K dividing N (GQA/MQA without repeating heads).
+    value: `[B, S, K, H]`.
+    bias, mask, local_window_size, alibi_slopes, logits_soft_cap: not
+      supported (there is no attention matrix); a value raises ValueError.
+    scale: multiplies queries before the feature map; default 1 (the paper
+      scales nothing; for 'relu' and 'identity' it cancels out).
+    is_causal: query t sees keys s <= t (top-left aligned when T != S).
+    query_seq_lengths: optional int `[B]`; later queries output zeros.
+    key_value_seq_lengths: optional int `[B]`; later keys are left out of
+      numerator and denominator.
+    feature_map: 'elu_plus_one', 'relu', 'identity', or a function
+      `[..., H] -> [..., F]` (float32 in and out).
+    eps: added to the denominator. A query that sees no key outputs 0.
+    chunk_size: causal chunk length C; a length that C does not divide is
+      padded inside. `chunk_size >= T` is the parallel (quadratic) form.
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
+    precision, module: Flax's `attention_fn` keywords; `dtype` casts the
+      inputs, dropout and sowing weights raise ValueError.
+
+  Returns:
+    `[B, T, N, H]` in the query's dtype; features and sums are float32.
+
+  Cost: bidirectional O(B N (T + S) F H) time, O(B K F H) extra memory.
+  Causal O(B N T (C + F) H) time; forward and backward memory
+  O(B N T (C + F H / C)), linear in T.
+  """
+  del dropout_rng, broadcast_dropout, precision
+  arguments.refuse('linear_attention', _UNSUPPORTED, bias=bias, mask=mask,
+                   local_window_size=local_window_size,
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+  _check(chunk_size, eps)
+  args = arguments.parse(
+      'linear_attention', query, key, value, scale=1.0 if scale is None
+      else scale, local_window_size=None, query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+  d = args.dims
+  q_BTKGF = _features(feature_map, args.query.reshape(d.B, d.T, d.K, d.G, d.H),
+                      args.scale)
+  k_BSKF = _features(feature_map, args.key)
+  return kernelized.attend(args, q_BTKGF, k_BSKF, None, is_causal=is_causal,
+                           chunk_size=chunk_size, eps=eps)
+
+
+def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
+               feature_map='elu_plus_one', **unused_options):
+  """Empty decoding state: `[B, K, F, H]` prefix sums, whatever the length.
+
+  Options that do not shape the state (max_length, dtype, chunk_size...)
+  are accepted and ignored.
+  """
+  del unused_options
+  for name, value in [('batch_size', batch_size),
+                      ('num_kv_heads', num_kv_heads), ('head_dim', head_dim)]:
+    arguments.check_positive_int(name, value)
+  F = jax.eval_shape(feature_function(feature_map),
+                     jax.ShapeDtypeStruct((head_dim,), jnp.float32)).shape[-1]
+  return kernelized.init_state(batch_size, num_kv_heads, F, head_dim,
+                               weighted=False)
+
+
+def step(state: kernelized.State, query, key, value, *, num_new=None,
+         scale=None, feature_map='elu_plus_one', eps=1e-6, chunk_size=64,
+         local_window_size=None, alibi_slopes=None, logits_soft_cap=None,
+         **unused_options):
+  """Causal linear attention of L new tokens on top of `state`.
+
+  Args:
+    state: from `init_state` or a previous `step`.
+    query: `[B, L, N, H]`; key, value: `[B, L, K, H]`.
+    num_new: optional int `[B]`: real tokens among the L of each row.
+    scale, feature_map, eps, chunk_size: as in `linear_attention`.
+
+  Returns:
+    `(out [B, L, N, H], new_state)`. Cost O(B N L (C + F) H), memory
+    independent of how many tokens came before.
+  """
+  del unused_options
+  arguments.refuse('linear_attention', _UNSUPPORTED,
+                   local_window_size=local_window_size,
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+  _check(chunk_size, eps)
+  args = arguments.parse_step('linear_attention', query, key, value,
+                                    scale=1.0 if scale is None else scale)
+  kernelized.check_step(state, args)
+  d = args.dims
+  q_BLKGF = _features(feature_map, query.reshape(d.B, d.T, d.K, d.G, d.H),
+                      args.scale)
+  out, state = kernelized.step(state, q_BLKGF, _features(feature_map, key),
+                               None, value, num_new=num_new,
+                               chunk_size=chunk_size, eps=eps)
+  return out.reshape(d.B, d.T, d.N, d.H).astype(query.dtype), state
+
+
+registry.register('linear', linear_attention, init_state=init_state,
+                  step=step, exact=False, refuses=REFUSES)

@@ -1,0 +1,247 @@
+"""Performer: FAVOR+ random features for softmax attention, causal-safe.
+
+Choromanski et al. 2021, "Rethinking Attention with Performers" (arXiv
+2009.14794). With q~ = sqrt(scale) q, k~ = sqrt(scale) k and a projection
+W `[F, H]` of Gaussian rows w_f,
+
+  exp(q~ . k~) = E_w[ exp(w.q~ - |q~|^2/2) exp(w.k~ - |k~|^2/2) ]   (positive)
+              = E_w[ e^(|q~|^2/2 + |k~|^2/2) cos(w.(q~ - k~)) ]     (trig)
+
+so phi(x) = exp(W x~ - |x~|^2/2) / sqrt(F) turns softmax attention into
+linear attention (`attention.kernelized`), O(N F H) instead of O(N^2 H).
+Orthogonal rows (Gaussian blocks orthogonalised by QR, each row rescaled to
+a chi(H)-distributed norm, Sec. 2.4 of the paper) lower the estimator's
+variance. 'relu' features relu(W x) (the paper's generalised attention)
+approximate no softmax but are often as good.
+
+Stability without looking ahead. A query's own factors (its norm and its
+largest feature) cancel between numerator and denominator, so query
+features are exp(W q~ - max_f W q~), at most 1. A key's factor does not
+cancel: it becomes the key's log-weight w_s = max_f (W k~)_f - |k~|^2/2
+and `attention.kernelized` holds the prefix sums relative to the running
+maximum of w over the keys seen so far. The reference JAX release instead
+takes the maximum over the whole sequence (and seeds its feature redraw with
+a sum over all queries): in causal mode its outputs depend on future tokens.
+Here the projection comes from an explicit array or PRNG key only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attention import arguments
+from attention import kernelized
+from attention import linear
+from attention import registry
+
+KERNELS = ('softmax', 'trig', 'relu')
+DEFAULT_SEED = 0
+
+_UNSUPPORTED = ('random features have no attention matrix to bias, mask or '
+                'window; use is_causal and key_value_seq_lengths')
+
+
+def draw_projection(rng, num_features: int, head_dim: int, *,
+                    orthogonal: bool = True):
+  """Random projection `[F, H]` float32 for FAVOR+ features.
+
+  Args:
+    rng: a PRNG key; a new key is a redraw.
+    num_features: F rows.
+    head_dim: H columns.
+    orthogonal: rows orthogonal within each block of H (QR of a Gaussian
+      block, signs fixed so that it is Haar), with norms drawn from chi(H)
+      as Gaussian rows have. Otherwise iid N(0, 1) entries.
+  """
+  arguments.check_positive_int('num_features', num_features)
+  arguments.check_positive_int('head_dim', head_dim)
+  F, H = num_features, head_dim
+  gauss_key, norm_key = jax.random.split(rng)
+  if not orthogonal:
+    return jax.random.normal(gauss_key, (F, H), jnp.float32)
+  blocks = math.ceil(F / H)
+  gauss_UHH = jax.random.normal(gauss_key, (blocks, H, H), jnp.float32)
+  q, r = jnp.linalg.qr(gauss_UHH)
+  signs = jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))
+  rows = jnp.swapaxes(q * signs[:, None, :], 1, 2).reshape(blocks * H, H)[:F]
+  norms = jnp.linalg.norm(jax.random.normal(norm_key, (F, H)), axis=-1)
+  return rows * norms[:, None]
+
+
+def projection_for(projection, num_features: int, head_dim: int,
+                   orthogonal: bool):
+  """The projection to use: an `[F, H]` array as given, or drawn from a key.
+
+  `None` draws from `jax.random.key(DEFAULT_SEED)`: the same features at
+  every call, never a function of the data.
+  """
+  if projection is None:
+    projection = jax.random.key(DEFAULT_SEED)
+  projection = jnp.asarray(projection)
+  is_key = jnp.issubdtype(projection.dtype, jax.dtypes.prng_key) or (
+      projection.dtype == jnp.uint32 and projection.shape == (2,))
+  if is_key:
+    return draw_projection(projection, num_features, head_dim,
+                           orthogonal=orthogonal)
+  if projection.shape != (num_features, head_dim):
+    raise ValueError(
+        f'projection must be a PRNG key or an array [F, H] = '
+        f'({num_features}, {head_dim}) (num_features={num_features}), got '
+        f'shape {projection.shape}')
+  return projection.astype(jnp.float32)
+
+
+def features(kernel: str, projection_FH, x, scale: float, *, is_query: bool):
+  """Features `[..., F']` of `x [..., H]` and, for keys, log-weights `[...]`.
+
+  F' is F, or 2F for 'trig' (sin and cos). Log-weights are None for 'relu'
+  and for queries (whose factors cancel).
+  """
+  x = x.astype(jnp.float32) * math.sqrt(scale)
+  u = jnp.einsum('...H,FH->...F', x, projection_FH)
+  if kernel == 'relu':
+    return jax.nn.relu(u), None
+  if kernel == 'trig':
+    phi = jnp.concatenate([jnp.sin(u), jnp.cos(u)], axis=-1)
+    return phi, None if is_query else 0.5 * jnp.sum(x * x, axis=-1)
+  top = lax.stop_gradient(jnp.max(u, axis=-1))
+  phi = jnp.exp(u - top[..., None])
+  return phi, None if is_query else top - 0.5 * jnp.sum(x * x, axis=-1)
+
+
+def _check(kernel, chunk_size):
+  if kernel not in KERNELS:
+    raise ValueError(f'kernel must be one of {KERNELS}, got {kernel!r}')
+  arguments.check_positive_int('chunk_size', chunk_size)
+
+
+def _query_key_features(args, kernel, projection, num_features, orthogonal):
+  d = args.dims
+  projection_FH = projection_for(projection, num_features, d.H, orthogonal)
+  q_BTKGF, _ = features(kernel, projection_FH,
+                        args.query.reshape(d.B, d.T, d.K, d.G, d.H),
+                        args.scale, is_query=True)
+  k_BSKF, w_BSK = features(kernel, projection_FH, args.key, args.scale,
+                           is_query=False)
+  return q_BTKGF, k_BSKF, w_BSK
+
+
+def performer_attention(query, key, value, bias=None, mask=None, *,
+                        scale=None, is_causal=False, query_seq_lengths=None,
+                        key_value_seq_lengths=None, local_window_size=None,
+                        kernel='softmax', num_features=256, projection=None,
+                        orthogonal=True, chunk_size=64, dropout_rng=None,
+                        dropout_rate=0.0, broadcast_dropout=True,
+                        deterministic=True, dtype=None, precision=None,
+                        module=None, alibi_slopes=None, logits_soft_cap=None):
+  """FAVOR+ attention (Choromanski et al. 2021, arXiv 2009.14794).
+
+  Args:
+    query: `[B, T, N, H]`.
+    key: `[B, S, K, H]`, K dividing N (GQA/MQA without repeating heads).
+    value: `[B, S, K, H]`.
+    bias, mask, local_window_size, alibi_slopes, logits_soft_cap: not
+      supported; a value raises ValueError.
+    scale: softmax logit scale; default `1 / sqrt(H)`.
+    is_causal: query t sees keys s <= t (top-left aligned when T != S);
+      prefix-safe: no output depends on a later token.
+    query_seq_lengths, key_value_seq_lengths: optional int `[B]`; padded
+      keys leave numerator and denominator, padded queries output zeros.
+    kernel: 'softmax' (positive features), 'trig' (sin/cos features, 2F of
+      them; unbiased but its denominator can cross zero), or 'relu'.
+    num_features: random features F (rows of the projection).
+    projection: an `[F, H]` array, a PRNG key to draw one from, or None for
+      `jax.random.key(0)`. Redraw by passing a new key.
+    orthogonal: orthogonal blocks (True) or iid rows, when drawing.
+    chunk_size: causal chunk length C, as in `linear_attention`.
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
+    precision, module: Flax's `attention_fn` keywords, as in
+      `linear_attention`.
+
+  Returns:
+    `[B, T, N, H]` in the query's dtype; features and sums are float32.
+
+  Cost: bidirectional O(B N (T + S) F H); causal O(B N T (C + F) H) time,
+  forward and backward memory O(B N T (C + F H / C)).
+  """
+  del dropout_rng, broadcast_dropout, precision
+  arguments.refuse('performer_attention', _UNSUPPORTED, bias=bias, mask=mask,
+                   local_window_size=local_window_size,
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+  _check(kernel, chunk_size)
+  args = arguments.parse(
+      'performer_attention', query, key, value, scale=scale,
+      local_window_size=None, query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+  q_BTKGF, k_BSKF, w_BSK = _query_key_features(args, kernel, projection,
+                                               num_features, orthogonal)
+  return kernelized.attend(args, q_BTKGF, k_BSKF, w_BSK, is_causal=is_causal,
+                           chunk_size=chunk_size, eps=0.0)
+
+
+def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
+               kernel='softmax', num_features=256, **unused_options):
+  """Empty decoding state: `[B, K, F', H]` prefix sums, whatever the length.
+
+  Options that do not shape the state (max_length, dtype, projection...)
+  are accepted and ignored.
+  """
+  del unused_options
+  _check(kernel, 1)
+  for name, value in [('batch_size', batch_size), ('num_kv_heads',
+                                                   num_kv_heads),
+                      ('head_dim', head_dim), ('num_features', num_features)]:
+    arguments.check_positive_int(name, value)
+  F = 2 * num_features if kernel == 'trig' else num_features
+  return kernelized.init_state(batch_size, num_kv_heads, F, head_dim,
+                               weighted=kernel != 'relu')
+
+
+def step(state: kernelized.State, query, key, value, *, num_new=None,
+         scale=None, kernel='softmax', num_features=256, projection=None,
+         orthogonal=True, chunk_size=64, local_window_size=None,
+         alibi_slopes=None, logits_soft_cap=None, **unused_options):
+  """Causal FAVOR+ attention of L new tokens on top of `state`.
+
+  Args:
+    state: from `init_state` or a previous `step`.
+    query: `[B, L, N, H]`; key, value: `[B, L, K, H]`.
+    num_new: optional int `[B]`: real tokens among the L of each row.
+    scale, kernel, num_features, projection, orthogonal, chunk_size: as in
+      `performer_attention`; the same projection as the prefix's.
+
+  Returns:
+    `(out [B, L, N, H], new_state)`; memory independent of the prefix.
+  """
+  del unused_options
+  arguments.refuse('performer_attention', _UNSUPPORTED,
+                   local_window_size=local_window_size,
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+  _check(kernel, chunk_size)
+  args = arguments.parse_step('performer_attention', query, key, value,
+                                    scale=scale)
+  kernelized.check_step(state, args, num_features * (
+      2 if kernel == 'trig' else 1))
+  q_BLKGF, k_BLKF, w_BLK = _query_key_features(args, kernel, projection,
+                                               num_features, orthogonal)
+  out, state = kernelized.step(state, q_BLKGF, k_BLKF, w_BLK, args.value,
+                               num_new=num_new, chunk_size=chunk_size,
+                               eps=0.0)
+  d = args.dims
+  return out.reshape(d.B, d.T, d.N, d.H).astype(query.dtype), state
+
+
+def _draw_for_options(rng, head_dim, *, num_features=256, orthogonal=True,
+                      **unused_options):
+  del unused_options
+  return draw_projection(rng, num_features, head_dim, orthogonal=orthogonal)
+
+
+registry.register('performer', performer_attention, init_state=init_state,
+                  step=step, exact=False, refuses=linear.REFUSES,
+                  draw_projection=_draw_for_options)
