@@ -9,6 +9,10 @@ every rate reads as a fraction of it.
 
   python -m experiments.benchmark --lengths=1024,4096 --modes=forward
 
+After the table, the crossover of each mechanism against
+`--crossover_against` (blockwise exact attention): the measured lengths
+between which it becomes, and stays, the faster of the two.
+
 The baseline is compiled at every length but only run where its compiled
 temporary memory is below `--baseline_max_gb`; otherwise its memory is still
 reported and its time left blank.
@@ -31,8 +35,12 @@ from experiments import timing
 _MECHANISMS = flags.DEFINE_list('mechanisms', ['blockwise'],
                                 'Registered mechanism names to measure.')
 _OPTIONS = flags.DEFINE_string(
-    'mechanism_options', '{}', 'JSON dict of options for the mechanisms, '
-    'e.g. {"query_chunk_size": 512}.')
+    'mechanism_options', '{}', 'JSON dict of options per mechanism, e.g. '
+    '{"blockwise": {"query_chunk_size": 512}, "performer": '
+    '{"num_features": 128}}.')
+_AGAINST = flags.DEFINE_string(
+    'crossover_against', 'blockwise', 'Mechanism the crossover lengths of '
+    'the others are measured against.')
 _LENGTHS = flags.DEFINE_list('lengths', ['1024', '4096', '8192', '16384'],
                              'Sequence lengths T = S.')
 _BATCH = flags.DEFINE_integer('batch', 1, 'Batch size B.')
@@ -99,8 +107,7 @@ def measure_length(length, mode, names, options, rate):
   flops = attention_flops(b, n, length, length, h, _CAUSAL.value, mode)
   rows, runnable = {}, {}
   for name in [BASELINE] + names:
-    fn = _function(name, options if name != BASELINE else {}, _CAUSAL.value,
-                   mode)
+    fn = _function(name, options.get(name, {}), _CAUSAL.value, mode)
     compiled = jax.jit(fn).lower(q, k, v).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
     rows[name] = dict(mechanism=name, mode=mode, length=length,
@@ -134,6 +141,33 @@ def _format(row):
           f"{row['memory_ratio']:.{0 if row['memory_ratio'] >= 10 else 1}f}x |")
 
 
+def crossovers(rows, against):
+  """`(mechanism, mode, below, at)`: faster than `against` from `at` on.
+
+  `below`: the longest measured length where it is slower (None: faster
+  at every length). `at`: the next measured length (None: slower at the
+  longest length).
+  """
+  found = []
+  for mode in sorted({r['mode'] for r in rows}):
+    times = {}
+    for r in rows:
+      if r['mode'] == mode and r['seconds']:
+        times.setdefault(r['mechanism'], {})[r['length']] = r['seconds']
+    for name in sorted(set(times) - {against, BASELINE}):
+      lengths = sorted(set(times[name]) & set(times.get(against, {})))
+      faster = [times[name][n] < times[against][n] for n in lengths]
+      if not lengths:
+        continue
+      start = len(faster)
+      while start > 0 and faster[start - 1]:
+        start -= 1
+      at = lengths[start] if start < len(lengths) else None
+      below = lengths[start - 1] if start > 0 else None
+      found.append((name, mode, below, at))
+  return found
+
+
 def main(argv):
   del argv
   options = json.loads(_OPTIONS.value)
@@ -159,6 +193,14 @@ def main(argv):
             resource.RUSAGE_SELF).ru_maxrss / 1e6
         rows.append(row)
         print(_format(row), flush=True)
+  for name, mode, below, at in crossovers(rows, _AGAINST.value):
+    if at is None:
+      text = 'not faster at the longest length measured'
+    elif below is None:
+      text = f'faster at every length measured (from {at})'
+    else:
+      text = f'faster from N = {at} on (slower at {below})'
+    print(f'crossover {name} vs {_AGAINST.value}, {mode}: {text}')
   if _OUTPUT.value:
     config = {f.name: f.value for f in (
         _BATCH, _HEADS, _KV_HEADS, _HEAD_DIM, _DTYPE, _CAUSAL, _OPTIONS)}

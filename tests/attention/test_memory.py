@@ -1,11 +1,14 @@
-"""Compiled temporary memory of blockwise forward+backward: linear in N.
+"""Compiled temporary memory of causal forward+backward: linear in N.
 
 `memory_analysis()` of a compiled function is deterministic and allocates
 nothing, so sizes that would not fit in memory can be checked.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import pytest
 
 import attention
 
@@ -36,3 +39,13 @@ def test_blockwise_uses_30x_less_memory_than_jax_nn_at_16k():
   ours = temp_bytes(attention.blockwise_attention, 16384)
   theirs = temp_bytes(jax_nn, 16384)
   assert 30 * ours <= theirs, (ours, theirs)
+
+
+@pytest.mark.parametrize('name', ['linear', 'performer'])
+def test_feature_attention_forward_backward_memory_grows_linearly(name):
+  fn = functools.partial(attention.get(name), num_features=64) if (
+      name == 'performer') else attention.get(name)
+  sizes = [temp_bytes(fn, n) for n in (2048, 4096, 8192, 16384)]
+  steps = [b - a for a, b in zip(sizes, sizes[1:])]
+  for small, large in zip(steps, steps[1:]):
+    assert 1.8 * small <= large <= 2.2 * small, (sizes, steps)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from experiments import benchmark
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
@@ -18,10 +20,12 @@ def run(module, *flags):
 def test_attention_benchmark(tmp_path):
   output = tmp_path / 'bench.json'
   stdout = run('experiments.benchmark', '--lengths=64,96', '--repeats=1',
-               '--mechanisms=blockwise,dot_product', '--kv_heads=2',
+               '--mechanisms=blockwise,linear', '--kv_heads=2',
+               '--mechanism_options={"linear": {"chunk_size": 16}}',
                f'--output={output}')
   assert 'matmul' in stdout
   assert '| blockwise | forward_backward | 96 |' in stdout
+  assert 'crossover linear vs blockwise, forward_backward:' in stdout
   rows = json.loads(output.read_text())['rows']
   assert len(rows) == 2 * 2 * 3  # modes x lengths x (jax.nn + 2 mechanisms)
   for row in rows:
@@ -35,3 +39,28 @@ def test_decoding_benchmark(tmp_path):
       '--repeats=1', f'--output={output}')
   (row,) = json.loads(output.read_text())['rows']
   assert row['outputs_agree'] and row['cache_tokens_per_s'] > 0
+
+
+def test_crossover_is_where_a_mechanism_becomes_and_stays_faster():
+  rows = [dict(mechanism=m, mode='forward', length=n, seconds=s)
+          for m, times in [('blockwise', [1, 2, 4, 8]),
+                           ('linear', [0.5, 2.5, 3, 4]),
+                           ('performer', [2, 3, 5, 9])]
+          for n, s in zip([128, 256, 512, 1024], times)]
+  assert benchmark.crossovers(rows, 'blockwise') == [
+      ('linear', 'forward', 256, 512), ('performer', 'forward', 1024, None)]
+  rows = [r for r in rows if r['length'] != 256]
+  assert benchmark.crossovers(rows, 'blockwise')[0] == (
+      'linear', 'forward', None, 128)
+
+
+def test_context_benchmark(tmp_path):
+  output = tmp_path / 'context.json'
+  run('experiments.benchmark_context', '--contexts=16,64', '--new_tokens=2',
+      '--model_dim=32', '--layers=1', '--heads=2', '--kv_heads=1',
+      '--mechanisms=dot_product,linear', '--repeats=1', f'--output={output}')
+  rows = json.loads(output.read_text())['rows']
+  size = {(r['mechanism'], r['context']): r['state_bytes'] for r in rows}
+  assert size['linear', 16] == size['linear', 64]  # O(1) in the context
+  assert size['dot_product', 64] > 3 * size['dot_product', 16]
+  assert all(r['tokens_per_s'] > 0 for r in rows)

@@ -1,0 +1,58 @@
+"""Performer layers keep their projection as non-trainable state."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import models
+
+
+def performer_lm():
+  config = models.TransformerConfig(
+      vocab_size=32, model_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+      mlp_dim=64, attention='performer',
+      attention_options=(('num_features', 16), ('chunk_size', 4)))
+  return models.DecoderLM(config, rngs=nnx.Rngs(0))
+
+
+def projections(model):
+  return [m.projection[...] for _, m in nnx.iter_modules(model)
+          if isinstance(m, models.MultiHeadAttention)]
+
+
+def tokens():
+  return jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 12)))
+
+
+def test_projection_is_state_but_not_a_parameter():
+  model = performer_lm()
+  first, second = projections(model)
+  assert first.shape == (16, 8)  # [F, H]
+  assert not np.allclose(first, second)  # each layer draws its own
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert not any(p.shape == (16, 8) for p in params)
+  assert len(jax.tree.leaves(nnx.state(model, models.RandomProjection))) == 2
+
+
+def test_training_leaves_the_projection_and_redraw_changes_it():
+  model = performer_lm()
+  before, x = projections(model), tokens()
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(
+      m(x[:, :-1]), x[:, 1:]).mean()
+  logits = model(x)
+  grads = nnx.grad(loss)(model)
+  optimizer.update(model, grads)
+  assert not np.allclose(model(x), logits)  # the parameters moved
+  for old, new in zip(before, projections(model)):
+    np.testing.assert_array_equal(new, old)
+  logits = model(x)
+  models.redraw_projections(model, jax.random.key(7))
+  redrawn = projections(model)
+  assert not np.allclose(redrawn[0], before[0])
+  assert not np.allclose(model(x), logits)
+  again = performer_lm()
+  models.redraw_projections(again, jax.random.key(7))
+  np.testing.assert_array_equal(projections(again)[1], redrawn[1])
