@@ -36,13 +36,13 @@ _CONTEXTS = flags.DEFINE_list('contexts', ['1024', '8192', '65536'],
 _MECHANISMS = flags.DEFINE_list('mechanisms',
                                 ['blockwise', 'linear', 'performer'],
                                 'Decodable registered mechanisms.')
-_NEW = flags.DEFINE_integer('new_tokens', 32, 'Tokens to generate.')
+_NEW = flags.DEFINE_integer('new_tokens', 128, 'Tokens to generate.')
 _DIM = flags.DEFINE_integer('model_dim', 256, 'Model width D.')
 _LAYERS = flags.DEFINE_integer('layers', 4, 'Layers.')
 _HEADS = flags.DEFINE_integer('heads', 8, 'Query heads N.')
 _KV_HEADS = flags.DEFINE_integer('kv_heads', 2, 'Key/value heads K.')
 _BATCH = flags.DEFINE_integer('batch', 1, 'Batch size B.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Write results as JSON.')
 
 

@@ -58,6 +58,9 @@ def validate_config(config: ml_collections.ConfigDict):
     checks.append((name, config[section][field] > 0, 'a positive integer'))
   checks.append(('train.learning_rate', config.train.learning_rate > 0,
                  'a positive number'))
+  checks.append(('train.redraw_projections_every',
+                 config.train.redraw_projections_every >= 0,
+                 'a non-negative integer (0: never)'))
   checks.append(('train.warmup_steps',
                  config.train.warmup_steps < config.train.num_steps,
                  f'fewer than train.num_steps={config.train.num_steps}'))
@@ -112,9 +115,25 @@ def _loss(graphdef, params, rest, inputs, targets, weights, key,
   return (loss * weights).sum() / total, accuracy
 
 
-def _train_step(graphdef, tx, deterministic, state, inputs, targets,
-                weights):
+def _redraw(graphdef, params, rest, key, step, every):
+  """`rest` with new random-feature projections where `step % every == 0`."""
+  model = nnx.merge(graphdef, params, rest)
+  old = nnx.state(model, models.RandomProjection)
+  models.redraw_projections(model, key)
+  new = nnx.state(model, models.RandomProjection)
+  redraw = (step > 0) & (step % every == 0)
+  nnx.update(model, jax.tree.map(lambda a, b: jnp.where(redraw, a, b), new,
+                                 old))
+  return nnx.split(model, nnx.Param, ...)[2]
+
+
+def _train_step(graphdef, tx, deterministic, redraw_every, state, inputs,
+                targets, weights):
   key = jax.random.fold_in(state['key'], state['step'])
+  if redraw_every:
+    state = dict(state, rest=_redraw(
+        graphdef, state['params'], state['rest'], jax.random.fold_in(key, 1),
+        state['step'], redraw_every))
   grad_fn = jax.value_and_grad(
       functools.partial(_loss, graphdef), has_aux=True)
   (loss, accuracy), grads = grad_fn(state['params'], state['rest'], inputs,
@@ -212,7 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                          replicated)
   deterministic = config.model.dropout_rate == 0.0
   train_step = jax.jit(
-      functools.partial(_train_step, graphdef, tx, deterministic),
+      functools.partial(_train_step, graphdef, tx, deterministic,
+                        t.redraw_projections_every),
       donate_argnums=0)
   evaluate_fn = jax.jit(lambda p, r, x, y, w: _loss(graphdef, p, r, x, y, w,
                                                      None, True))

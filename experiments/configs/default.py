@@ -53,4 +53,6 @@ def get_config():
   config.train.eval_batches = 8  # validation batches per evaluation
   config.train.checkpoint_every = 100  # steps between checkpoints
   config.train.keep_checkpoints = 2  # most recent checkpoints kept
+  # Steps between redraws of random-feature projections (Performer); 0: never.
+  config.train.redraw_projections_every = 0
   return config

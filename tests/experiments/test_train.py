@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -68,6 +69,30 @@ def test_short_training_run_for_each_mechanism(text_file, tmp_path,
   lines = (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()
   assert any('train_loss' in json.loads(line) for line in lines)
   assert (tmp_path / 'run' / 'curves.png').stat().st_size > 0
+
+
+def _projections(workdir):
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  last = max(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit())
+  state = ocp.StandardCheckpointer().restore(
+      os.path.join(checkpoint_dir, str(last), 'default'))
+  leaves = [x for x in jax.tree.leaves(state['rest']) if np.ndim(x) == 2]
+  assert leaves, 'no projection in the checkpoint'
+  return leaves
+
+
+def test_performer_projections_are_redrawn_when_asked(text_file, tmp_path):
+  changes = {'model.attention': 'performer', 'train.num_steps': 3,
+             'train.checkpoint_every': 3}
+  initial = train.initial_state(tiny_config(text_file, **changes),
+                                train.make_optimizer(tiny_config(text_file)))
+  start = [x for x in jax.tree.leaves(initial[1]['rest']) if np.ndim(x) == 2]
+  # Without redraws the projection stays: test_random_features.py.
+  train.train_and_evaluate(tiny_config(
+      text_file, **changes, **{'train.redraw_projections_every': 2}),
+                           str(tmp_path))
+  for old, new in zip(start, _projections(str(tmp_path))):
+    assert old.shape == new.shape and not np.allclose(old, new)
 
 
 def test_stdlib_corpus_is_split_by_file_deterministically():
