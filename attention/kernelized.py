@@ -133,40 +133,56 @@ def _from_chunks(x):
   return x.reshape(x.shape[0], -1, *x.shape[3:])
 
 
-def causal(q_BTKGF, k_BTKF, w_BTK, v_BTKH, *, chunk_size: int, eps: float,
-           state: State | None = None):
+def _masked(features, q_BCKGH, k_BCKH, key_ok_BC):
+  """Features of a chunk; keys nobody may see get zero features, NEG_INF w."""
+  phi_q, phi_k, w = features(q_BCKGH, k_BCKH)
+  phi_k = jnp.where(key_ok_BC[:, :, None, None], phi_k, 0.0)
+  if w is not None:
+    w = jnp.where(key_ok_BC[:, :, None], w, masking.NEG_INF)
+  return phi_q, phi_k, w
+
+
+def causal(features, q_BTKGH, k_BTKH, v_BTKH, key_ok_BT, *, chunk_size: int,
+           eps: float, state: State | None = None):
   """Causal feature attention by chunks; `(out [B, T, K, G, H] f32, state)`.
 
-  Keys that no query may see must come with zero features (and NEG_INF
-  log-weights). The length is padded to a multiple of `chunk_size` inside.
+  Args:
+    features: `(q [B, C, K, G, H], k [B, C, K, H]) -> (phi_q [B, C, K, G,
+      F], phi_k [B, C, K, F], w [B, C, K] or None)`, float32. It runs
+      inside the rematerialised scan body, so the backward pass saves the
+      `[T, H]` inputs, never `[T, F]` features.
+    q_BTKGH, k_BTKH, v_BTKH: queries, keys and values.
+    key_ok_BT: bool, the keys any query may see.
+    chunk_size: C; the length is padded to a multiple of it inside.
+    eps: added to denominators.
+    state: prefix sums of earlier tokens (decoding), or None.
   """
-  B, T, K, G, F = q_BTKGF.shape
-  H = v_BTKH.shape[-1]
+  B, T, K, G, H = q_BTKGH.shape
   C = min(chunk_size, T)
   pad = -T % C
   if pad:
-    pad_to = lambda x, value=0.0: jnp.pad(
-        x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=value)
-    q_BTKGF, k_BTKF, v_BTKH = pad_to(q_BTKGF), pad_to(k_BTKF), pad_to(v_BTKH)
-    if w_BTK is not None:
-      w_BTK = pad_to(w_BTK, masking.NEG_INF)
+    pad_to = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    q_BTKGH, k_BTKH, v_BTKH, key_ok_BT = (
+        pad_to(x) for x in (q_BTKGH, k_BTKH, v_BTKH, key_ok_BT))
   if state is None:
-    state = init_state(B, K, F, H, weighted=w_BTK is not None)
+    phi_q, _, w = jax.eval_shape(features, q_BTKGH[:, :C], k_BTKH[:, :C])
+    state = init_state(B, K, phi_q.shape[-1], H, weighted=w is not None)
 
   @jax.checkpoint
   def body(state, xs):
-    q, k, w, v = xs
-    num, den, state = chunk(state, q, k, w, v)
+    q, k, v, key_ok = xs
+    phi_q, phi_k, w = _masked(features, q, k, key_ok)
+    num, den, state = chunk(state, phi_q, phi_k, w, v)
     return state, normalise(num, den, eps)
 
-  xs = (q_BTKGF, k_BTKF, w_BTK, v_BTKH)
-  xs = tuple(None if x is None else _to_chunks(x, C) for x in xs)
+  xs = tuple(_to_chunks(x, C) for x in (q_BTKGH, k_BTKH, v_BTKH, key_ok_BT))
   state, out = lax.scan(body, state, xs)
   return _from_chunks(out)[:, :T], state
 
 
-def noncausal(q_BTKGF, k_BSKF, w_BSK, v_BSKH, *, eps: float):
+def noncausal(features, q_BTKGH, k_BSKH, v_BSKH, key_ok_BS, *, eps: float):
   """Bidirectional feature attention in O(N); `[B, T, K, G, H]` float32."""
+  q_BTKGF, k_BSKF, w_BSK = _masked(features, q_BTKGH, k_BSKH, key_ok_BS)
   if w_BSK is not None:
     top_BK = lax.stop_gradient(jnp.max(w_BSK, axis=1))
     k_BSKF = k_BSKF * jnp.exp(w_BSK - top_BK[:, None])[..., None]
@@ -177,43 +193,38 @@ def noncausal(q_BTKGF, k_BSKF, w_BSK, v_BSKH, *, eps: float):
   return normalise(num, den, eps)
 
 
-def attend(args, q_BTKGF, k_BSKF, w_BSK, *, is_causal: bool, chunk_size: int,
-           eps: float):
+def attend(args, features, *, is_causal: bool, chunk_size: int, eps: float):
   """Feature attention for parsed `args`: masks, lengths, causal T != S.
 
-  Keys past `key_value_seq_lengths` get zero features (and NEG_INF
-  log-weights), so they leave numerator and denominator alike; queries past
-  `query_seq_lengths` output zeros. Causal attention is top-left aligned as
-  in `jax.nn.dot_product_attention`: only the first T keys can be seen.
+  `features` as in `causal`. Keys past `key_value_seq_lengths` get zero
+  features (and NEG_INF log-weights), so they leave numerator and
+  denominator alike; queries past `query_seq_lengths` output zeros. Causal
+  attention is top-left aligned as in `jax.nn.dot_product_attention`: only
+  the first T keys can be seen.
 
   Returns:
     `[B, T, N, H]` in the query's dtype.
   """
-  dims, value = args.dims, args.value
-  B, T, S = dims.B, dims.T, dims.S
+  d, key, value = args.dims, args.key, args.value
+  B, T, S = d.B, d.T, d.S
   if is_causal and S != T:
     keep = min(S, T)
-    pad = [(0, 0), (0, T - keep)]
-    k_BSKF = jnp.pad(k_BSKF[:, :keep], pad + [(0, 0)] * 2)
-    value = jnp.pad(value[:, :keep], pad + [(0, 0)] * 2)
-    if w_BSK is not None:
-      w_BSK = jnp.pad(w_BSK[:, :keep], pad + [(0, 0)])
-  length = k_BSKF.shape[1]
+    pad = [(0, 0), (0, T - keep), (0, 0), (0, 0)]
+    key, value = (jnp.pad(x[:, :keep], pad) for x in (key, value))
+  length = key.shape[1]
   key_ok_BS = jnp.broadcast_to(jnp.arange(length) < S, (B, length))
   if args.kv_len is not None:
     key_ok_BS &= jnp.arange(length)[None, :] < args.kv_len[:, None]
-  k_BSKF = jnp.where(key_ok_BS[:, :, None, None], k_BSKF, 0.0)
-  if w_BSK is not None:
-    w_BSK = jnp.where(key_ok_BS[:, :, None], w_BSK, masking.NEG_INF)
+  query = args.query.reshape(B, T, d.K, d.G, d.H)
   if is_causal:
-    out, _ = causal(q_BTKGF, k_BSKF, w_BSK, value, chunk_size=chunk_size,
-                    eps=eps)
+    out, _ = causal(features, query, key, value, key_ok_BS,
+                    chunk_size=chunk_size, eps=eps)
   else:
-    out = noncausal(q_BTKGF, k_BSKF, w_BSK, value, eps=eps)
+    out = noncausal(features, query, key, value, key_ok_BS, eps=eps)
   if args.q_len is not None:
     seen_BT = jnp.arange(T)[None, :] < args.q_len[:, None]
     out = jnp.where(seen_BT[:, :, None, None, None], out, 0.0)
-  return out.reshape(B, T, dims.N, dims.H).astype(args.query.dtype)
+  return out.reshape(B, T, d.N, d.H).astype(args.query.dtype)
 
 
 def check_step(state: State, args, num_features: int | None = None):
@@ -227,19 +238,22 @@ def check_step(state: State, args, num_features: int | None = None):
       'make the state with init_state and the same options'))
 
 
-def step(state: State, q_BLKGF, k_BLKF, w_BLK, v_BLKH, *, num_new,
-         chunk_size: int, eps: float):
-  """L new tokens on top of `state`: `(out [B, L, K, G, H] f32, new_state)`.
+def step(state: State, features, args, *, num_new, chunk_size: int,
+         eps: float):
+  """L new tokens (parsed `args`) on top of `state`.
 
   Only the first `num_new[b]` tokens of row b (default all L) enter the
   state; the rest pad a batch of prompts of different lengths. A long
   prompt is processed in chunks, as in `causal`.
+
+  Returns:
+    `(out [B, L, N, H] in the query's dtype, new_state)`.
   """
+  d = args.dims
+  key_ok_BL = jnp.ones((d.B, d.T), bool)
   if num_new is not None:
-    L = k_BLKF.shape[1]
-    real_BL = jnp.arange(L)[None, :] < num_new[:, None]
-    k_BLKF = jnp.where(real_BL[:, :, None, None], k_BLKF, 0.0)
-    if w_BLK is not None:
-      w_BLK = jnp.where(real_BL[:, :, None], w_BLK, masking.NEG_INF)
-  return causal(q_BLKGF, k_BLKF, w_BLK, v_BLKH, chunk_size=chunk_size,
-                eps=eps, state=state)
+    key_ok_BL = jnp.arange(d.T)[None, :] < num_new[:, None]
+  out, state = causal(features, args.query.reshape(d.B, d.T, d.K, d.G, d.H),
+                      args.key, args.value, key_ok_BL, chunk_size=chunk_size,
+                      eps=eps, state=state)
+  return out.reshape(d.B, d.T, d.N, d.H).astype(args.query.dtype), state

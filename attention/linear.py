@@ -58,9 +58,11 @@ def _check(chunk_size, eps):
     raise ValueError(f'eps must be a non-negative number, got {eps!r}')
 
 
-def _features(feature_map, x, scale=1.0):
-  """Float32 features `[..., F]` of `x [..., H]`."""
-  return feature_function(feature_map)(x.astype(jnp.float32) * scale)
+def _features(feature_map, scale):
+  """`(q, k) -> (phi(scale q), phi(k), None)` in float32 (see kernelized)."""
+  phi = feature_function(feature_map)
+  return lambda q, k: (phi(q.astype(jnp.float32) * scale),
+                       phi(k.astype(jnp.float32)), None)
 
 
 def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
@@ -111,12 +113,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
       else scale, local_window_size=None, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
-  d = args.dims
-  q_BTKGF = _features(feature_map, args.query.reshape(d.B, d.T, d.K, d.G, d.H),
-                      args.scale)
-  k_BSKF = _features(feature_map, args.key)
-  return kernelized.attend(args, q_BTKGF, k_BSKF, None, is_causal=is_causal,
-                           chunk_size=chunk_size, eps=eps)
+  return kernelized.attend(args, _features(feature_map, args.scale),
+                           is_causal=is_causal, chunk_size=chunk_size, eps=eps)
 
 
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
@@ -158,15 +156,10 @@ def step(state: kernelized.State, query, key, value, *, num_new=None,
                    alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   _check(chunk_size, eps)
   args = arguments.parse_step('linear_attention', query, key, value,
-                                    scale=1.0 if scale is None else scale)
+                              scale=1.0 if scale is None else scale)
   kernelized.check_step(state, args)
-  d = args.dims
-  q_BLKGF = _features(feature_map, query.reshape(d.B, d.T, d.K, d.G, d.H),
-                      args.scale)
-  out, state = kernelized.step(state, q_BLKGF, _features(feature_map, key),
-                               None, value, num_new=num_new,
-                               chunk_size=chunk_size, eps=eps)
-  return out.reshape(d.B, d.T, d.N, d.H).astype(query.dtype), state
+  return kernelized.step(state, _features(feature_map, args.scale), args,
+                         num_new=num_new, chunk_size=chunk_size, eps=eps)
 
 
 registry.register('linear', linear_attention, init_state=init_state,

@@ -119,15 +119,17 @@ def _check(kernel, chunk_size):
   arguments.check_positive_int('chunk_size', chunk_size)
 
 
-def _query_key_features(args, kernel, projection, num_features, orthogonal):
-  d = args.dims
-  projection_FH = projection_for(projection, num_features, d.H, orthogonal)
-  q_BTKGF, _ = features(kernel, projection_FH,
-                        args.query.reshape(d.B, d.T, d.K, d.G, d.H),
-                        args.scale, is_query=True)
-  k_BSKF, w_BSK = features(kernel, projection_FH, args.key, args.scale,
-                           is_query=False)
-  return q_BTKGF, k_BSKF, w_BSK
+def _features(args, kernel, projection, num_features, orthogonal):
+  """`(q, k) -> (phi_q, phi_k, w)` for `attention.kernelized`."""
+  projection_FH = projection_for(projection, num_features, args.dims.H,
+                                 orthogonal)
+
+  def query_key_features(q, k):
+    phi_q, _ = features(kernel, projection_FH, q, args.scale, is_query=True)
+    return (phi_q,) + features(kernel, projection_FH, k, args.scale,
+                               is_query=False)
+
+  return query_key_features
 
 
 def performer_attention(query, key, value, bias=None, mask=None, *,
@@ -178,10 +180,9 @@ def performer_attention(query, key, value, bias=None, mask=None, *,
       local_window_size=None, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
-  q_BTKGF, k_BSKF, w_BSK = _query_key_features(args, kernel, projection,
-                                               num_features, orthogonal)
-  return kernelized.attend(args, q_BTKGF, k_BSKF, w_BSK, is_causal=is_causal,
-                           chunk_size=chunk_size, eps=0.0)
+  return kernelized.attend(
+      args, _features(args, kernel, projection, num_features, orthogonal),
+      is_causal=is_causal, chunk_size=chunk_size, eps=0.0)
 
 
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
@@ -224,16 +225,12 @@ def step(state: kernelized.State, query, key, value, *, num_new=None,
                    alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   _check(kernel, chunk_size)
   args = arguments.parse_step('performer_attention', query, key, value,
-                                    scale=scale)
+                              scale=scale)
   kernelized.check_step(state, args, num_features * (
       2 if kernel == 'trig' else 1))
-  q_BLKGF, k_BLKF, w_BLK = _query_key_features(args, kernel, projection,
-                                               num_features, orthogonal)
-  out, state = kernelized.step(state, q_BLKGF, k_BLKF, w_BLK, args.value,
-                               num_new=num_new, chunk_size=chunk_size,
-                               eps=0.0)
-  d = args.dims
-  return out.reshape(d.B, d.T, d.N, d.H).astype(query.dtype), state
+  return kernelized.step(
+      state, _features(args, kernel, projection, num_features, orthogonal),
+      args, num_new=num_new, chunk_size=chunk_size, eps=0.0)
 
 
 def _draw_for_options(rng, head_dim, *, num_features=256, orthogonal=True,
