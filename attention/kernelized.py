@@ -11,9 +11,11 @@ O(N F H). Causally the sums run over s <= t. The chunked form (Katharopoulos
 et al. 2020, arXiv 2006.16236, Sec. 3.3; as in Hua et al. 2022, arXiv
 2202.10447) splits the sequence into chunks of C tokens: inside a chunk it
 forms the masked C x C matrix of a_ts, and a `lax.scan` carries KV and z from
-chunk to chunk. The scan body is rematerialised, so the backward pass keeps
-one `[F, H]` state per chunk, not per token: time O(N (C + F) H), memory
-O(N (C + F H / C)). No prefix sum is ever undone by subtraction.
+chunk to chunk. The scan body, feature maps included, is rematerialised,
+so the backward pass keeps the `[C, H]` inputs of each chunk and one
+`[F, H]` state per chunk, never a state per token nor `[T, F]` features:
+time O(N (C + F) H), memory O(N (H + F H / C)). No prefix sum is ever
+undone by subtraction.
 
 Key weights c_s = exp(w_s) let a feature map carry a per-key scale in log
 space (Performer's positive features have c_s = exp(-|k_s|^2 / 2) times

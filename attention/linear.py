@@ -101,7 +101,7 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
 
   Cost: bidirectional O(B N (T + S) F H) time, O(B K F H) extra memory.
   Causal O(B N T (C + F) H) time; forward and backward memory
-  O(B N T (C + F H / C)), linear in T.
+  O(B N T (H + F H / C)), linear in T.
   """
   del dropout_rng, broadcast_dropout, precision
   arguments.refuse('linear_attention', _UNSUPPORTED, bias=bias, mask=mask,

@@ -168,7 +168,7 @@ def performer_attention(query, key, value, bias=None, mask=None, *,
     `[B, T, N, H]` in the query's dtype; features and sums are float32.
 
   Cost: bidirectional O(B N (T + S) F H); causal O(B N T (C + F) H) time,
-  forward and backward memory O(B N T (C + F H / C)).
+  forward and backward memory O(B N T (H + F H / C)).
   """
   del dropout_rng, broadcast_dropout, precision
   arguments.refuse('performer_attention', _UNSUPPORTED, bias=bias, mask=mask,
