@@ -1,0 +1,159 @@
+"""Reformer LSH attention against dense attention over the same buckets."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention import lsh
+from attention import masking
+
+B, T, N, H = 2, 37, 4, 16
+
+
+def qv(K=N, dtype=jnp.float32, seed=0, length=T):
+  rng = np.random.default_rng(seed)
+  q = jnp.asarray(rng.standard_normal((B, length, N, H)), dtype)
+  v = jnp.asarray(rng.standard_normal((B, length, K, H)), dtype)
+  return q, v
+
+
+def dense(query, key, value, *, visible_BKTS, scale=H**-0.5):
+  """Softmax attention with normalised keys, the self-logit, a mask."""
+  B, T, N, H = query.shape
+  K = key.shape[2]
+  key = key / jnp.linalg.norm(key, axis=-1, keepdims=True)
+  q = query.reshape(B, T, K, N // K, H)
+  logits = jnp.einsum('BTKGH,BSKH->BKGTS', q, key) * scale
+  logits = jnp.where(jnp.eye(T, dtype=bool), lsh.SELF_LOGIT, logits)
+  logits = jnp.where(visible_BKTS[:, :, None], logits, masking.NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1)
+  probs = jnp.where(jnp.any(visible_BKTS, -1)[:, :, None, :, None], probs, 0.0)
+  out = jnp.einsum('BKGTS,BSKH->BTKGH', probs, value)
+  return out.reshape(B, T, N, H)
+
+
+def same_window(key, rotations, chunk_size, lengths=None):
+  """bool `[B, K, T, S]`: the pairs sharing a chunk window in some round."""
+  T = key.shape[1]
+  C = min(chunk_size, T)
+  Tp = T + (-T % C)
+  key = jnp.pad(key, [(0, 0), (0, Tp - T), (0, 0), (0, 0)])
+  ok = jnp.broadcast_to(jnp.arange(Tp) < T, (key.shape[0], Tp))
+  if lengths is not None:
+    ok &= jnp.arange(Tp)[None, :] < jnp.asarray(lengths)[:, None]
+  key = key / jnp.maximum(jnp.linalg.norm(key, axis=-1, keepdims=True), 1e-6)
+  U = 2 * rotations.shape[2]
+  _, inverse = lsh.sort_by_bucket(lsh.hash_buckets(key, rotations), ok, U)
+  chunk = np.asarray(inverse // C)[..., :T]  # [B, K, P, T]
+  nC = Tp // C
+  qc, kc = chunk[..., :, None], chunk[..., None, :]
+  together = (kc == qc) | ((kc == (qc - 1) % nC) if nC > 1 else True)
+  return jnp.asarray(np.any(together, axis=2) & np.asarray(ok)[
+      :, None, None, :T])
+
+
+def causal_mask(T):
+  return jnp.tril(jnp.ones((1, 1, T, T), bool))
+
+
+@pytest.mark.parametrize('is_causal', [False, True])
+@pytest.mark.parametrize('chunk_size', [64, 19])
+def test_equals_exact_shared_qk_attention(chunk_size, is_causal):
+  # One chunk of all tokens, or two chunks that each look back at the other.
+  q, v = qv()
+  options = dict(chunk_size=chunk_size, num_buckets=8)
+  got = lsh.lsh_attention(q, q, v, is_causal=is_causal, **options)
+  visible = jnp.ones((B, N, T, T), bool) & (causal_mask(T) if is_causal
+                                            else True)
+  np.testing.assert_allclose(got, dense(q, q, v, visible_BKTS=visible),
+                             atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize('is_causal', [False, True])
+@pytest.mark.parametrize('K', [N, 2])
+def test_equals_dense_attention_over_the_same_buckets(is_causal, K):
+  q, v = qv(K=K)
+  k = q[:, :, ::N // K]  # shared-QK per key head
+  rotations = lsh.draw_rotations(jax.random.key(3), H, 3, 8)
+  lengths = jnp.array([37, 29])
+  fn = functools.partial(lsh.lsh_attention, rotations=rotations, chunk_size=5,
+                         is_causal=is_causal, key_value_seq_lengths=lengths)
+  visible = same_window(k, rotations, 5, lengths)
+  if is_causal:
+    visible &= causal_mask(T)
+  ref = functools.partial(dense, visible_BKTS=visible)
+  np.testing.assert_allclose(fn(q, k, v), ref(q, k, v), atol=1e-6, rtol=1e-5)
+  cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape),
+                          jnp.float32)
+  loss = lambda f, *a: jnp.sum(f(*a) * cotangent)
+  got = jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(functools.partial(loss, ref), argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(got, want):
+    assert jnp.all(jnp.isfinite(g))
+    np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-4)
+
+
+@pytest.mark.parametrize('is_causal', [False, True])
+def test_error_falls_as_hash_rounds_grow(is_causal):
+  q, v = qv()
+  visible = jnp.ones((B, N, T, T), bool) & (causal_mask(T) if is_causal
+                                            else True)
+  exact = dense(q, q, v, visible_BKTS=visible)
+
+  def error(rounds):
+    errors = [jnp.linalg.norm(lsh.lsh_attention(
+        q, q, v, is_causal=is_causal, num_hashes=rounds, num_buckets=8,
+        chunk_size=4, rng=jax.random.key(seed)) - exact) / jnp.linalg.norm(
+            exact) for seed in range(4)]
+    return float(np.mean(errors))
+
+  errors = [error(p) for p in (1, 2, 4, 8)]
+  assert all(b < a for a, b in zip(errors, errors[1:])), errors
+  assert errors[-1] < 0.6 * errors[0], errors
+
+
+def test_future_values_never_move_earlier_outputs():
+  q, v = qv()
+  fn = jax.jit(functools.partial(lsh.lsh_attention, is_causal=True,
+                                 chunk_size=4, num_buckets=8))
+  base = fn(q, q, v)
+  for t0 in (1, 12, 30):
+    moved = fn(q, q, v.at[:, t0:].set(100.0))
+    np.testing.assert_array_equal(moved[:, :t0], base[:, :t0])
+  # With one chunk, future queries and keys cannot move them either.
+  whole = jax.jit(functools.partial(lsh.lsh_attention, is_causal=True,
+                                    chunk_size=64, num_buckets=8))
+  base = whole(q, q, v)
+  noise, _ = qv(seed=5)
+  moved = whole(q.at[:, 20:].set(noise[:, 20:]), q.at[:, 20:].set(
+      noise[:, 20:]), v)
+  np.testing.assert_array_equal(moved[:, :20], base[:, :20])
+
+
+def test_a_different_key_gives_different_buckets():
+  q, _ = qv()
+  k = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+  buckets = [lsh.hash_buckets(k, lsh.draw_rotations(jax.random.key(s), H, 2,
+                                                      8)) for s in (0, 1)]
+  assert buckets[0].shape == (B, N, 2, T)
+  assert not np.array_equal(buckets[0], buckets[1])
+  assert int(buckets[0].max()) < 8 and int(buckets[0].min()) >= 0
+
+
+def test_bfloat16_and_rows_without_keys():
+  q, v = qv(dtype=jnp.bfloat16)
+  got = lsh.lsh_attention(q, q, v, is_causal=True, chunk_size=8,
+                          num_buckets=4)
+  want = lsh.lsh_attention(q.astype(jnp.float32), q.astype(jnp.float32),
+                           v.astype(jnp.float32), is_causal=True,
+                           chunk_size=8, num_buckets=4)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(jnp.float32), want, atol=5e-2,
+                             rtol=5e-2)
+  q, v = qv()
+  out = lsh.lsh_attention(q, q, v, key_value_seq_lengths=jnp.array([37, 0]))
+  np.testing.assert_array_equal(out[1], 0.0)
+  assert jnp.all(jnp.isfinite(out))
