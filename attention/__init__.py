@@ -7,6 +7,7 @@ legend. Mechanisms are also reachable by name: `attention.get(name)`.
 
 from attention.blockwise import blockwise_attention
 from attention.linear import linear_attention
+from attention.lsh import lsh_attention
 from attention.performer import draw_projection, performer_attention
 from attention.reference import dot_product_attention
 from attention.registry import Mechanism, get, names, register
@@ -18,6 +19,7 @@ __all__ = [
     'draw_projection',
     'get',
     'linear_attention',
+    'lsh_attention',
     'names',
     'performer_attention',
     'register',

@@ -64,7 +64,8 @@ def _write(cache_BLKH, new_BLKH, start_B):
 
 
 def step(state: KVCache, query, key, value, *, attend, num_new=None,
-         local_window_size=None, alibi_slopes=None, **options):
+         local_window_size=None, alibi_slopes=None, self_logit=None,
+         **options):
   """Appends L tokens to the cache and attends from their queries.
 
   Args:
@@ -78,6 +79,8 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
     local_window_size: int or `(left, right)`; with causal decoding only
       `left` matters.
     alibi_slopes: optional `[N]` ALiBi slopes.
+    self_logit: optional; added to each query's logit for its own key
+      (Reformer's shared-QK self-mask: a large negative number).
     **options: passed to `attend` (scale, logits_soft_cap, chunk sizes...).
 
   Returns:
@@ -105,6 +108,10 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
   if alibi_slopes is not None:
     bias_BNLS = jax.vmap(positional.alibi_bias, in_axes=(None, 0, None))(
         jnp.asarray(alibi_slopes, jnp.float32), q_pos_BL, k_pos)
+  if self_logit is not None:
+    own_B1LS = (q_pos_BL[:, :, None] == k_pos[None, None, :])[:, None]
+    own_B1LS = jnp.where(own_B1LS, jnp.float32(self_logit), 0.0)
+    bias_BNLS = own_B1LS if bias_BNLS is None else bias_BNLS + own_B1LS
   out = attend(query, new_key, new_value, bias=bias_BNLS, mask=visible_B1LS,
                **options)
   num_new = jnp.full((B,), L, jnp.int32) if num_new is None else num_new

@@ -35,7 +35,10 @@ import jax
 import jax.numpy as jnp
 
 from attention import arguments
+from attention import kv_cache
 from attention import masking
+from attention import reference
+from attention import registry
 
 # Logit of a token's own key (shared-QK): below any real logit, far above
 # NEG_INF, so it wins only when nothing else is visible.
@@ -185,6 +188,13 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
     bucket_size: average bucket size, used when num_buckets is None.
     chunk_size: C; T is padded to a multiple of it inside.
     shared_qk: only True is implemented so far (raises otherwise).
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
+    precision, module: Flax's `attention_fn` keywords; `dtype` casts the
+      inputs, dropout and sowing weights raise ValueError.
+
+  Decoding (`step`) falls back to exact shared-QK attention over a KV cache
+  of normalised keys (with the self-logit): it equals this function when
+  the chunks cover the whole sequence, and is exact attention otherwise.
 
   Returns:
     `[B, T, N, H]` in the query's dtype.
@@ -218,9 +228,7 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
   C = min(chunk_size, d.T)
   Tp = d.T + (-d.T % C)
   pad = lambda x: jnp.pad(x, [(0, 0), (0, Tp - d.T)] + [(0, 0)] * 2)
-  key_n = args.key.astype(jnp.float32)
-  key_n = key_n / jnp.maximum(jnp.linalg.norm(key_n, axis=-1, keepdims=True),
-                              1e-6)
+  key_n = _normalised(args.key.astype(jnp.float32))
   key_ok = jnp.broadcast_to(jnp.arange(Tp) < d.T, (d.B, Tp))
   if args.kv_len is not None:
     key_ok &= jnp.arange(Tp)[None, :] < args.kv_len[:, None]
@@ -244,3 +252,43 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
         :, None, :, None, None], out, 0.0)
   out = out.transpose(0, 2, 1, 3, 4).reshape(d.B, d.T, d.N, d.H)
   return out.astype(args.query.dtype)
+
+
+REFUSES = ('bias', 'mask', 'local_window_size', 'alibi_slopes',
+           'logits_soft_cap')
+
+
+def _normalised(key):
+  k = key.astype(jnp.float32)
+  k = k / jnp.maximum(jnp.linalg.norm(k, axis=-1, keepdims=True), 1e-6)
+  return k.astype(key.dtype)
+
+
+def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
+               max_length: int, dtype=jnp.float32, **unused_options):
+  """A KV cache (`attention.kv_cache`): decoding falls back to exact
+  shared-QK attention over it, O(max_length) memory per row."""
+  del unused_options
+  return kv_cache.init_state(batch_size, num_kv_heads, head_dim,
+                             max_length=max_length, dtype=dtype)
+
+
+def step(state, query, key, value, *, num_new=None, scale=None,
+         local_window_size=None, alibi_slopes=None, logits_soft_cap=None,
+         **unused_options):
+  """Causal decoding step: exact shared-QK attention over the cache.
+
+  Keys are normalised before they are cached and each query's own key gets
+  `SELF_LOGIT`, as in `lsh_attention`; hashing options are ignored.
+  """
+  del unused_options
+  arguments.refuse('lsh_attention', 'a query sees only its hash chunks',
+                   local_window_size=local_window_size,
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+  return kv_cache.step(state, query, _normalised(key), value,
+                       attend=reference.dot_product_attention,
+                       num_new=num_new, self_logit=SELF_LOGIT, scale=scale)
+
+
+registry.register('lsh', lsh_attention, init_state=init_state, step=step,
+                  exact=False, refuses=REFUSES)

@@ -41,10 +41,13 @@ def test_blockwise_uses_30x_less_memory_than_jax_nn_at_16k():
   assert 30 * ours <= theirs, (ours, theirs)
 
 
-@pytest.mark.parametrize('name', ['linear', 'performer'])
-def test_feature_attention_forward_backward_memory_grows_linearly(name):
-  fn = functools.partial(attention.get(name), num_features=64) if (
-      name == 'performer') else attention.get(name)
+OPTIONS = {'linear': {}, 'performer': dict(num_features=64),
+           'lsh': dict(num_hashes=2)}
+
+
+@pytest.mark.parametrize('name', sorted(OPTIONS))
+def test_approximate_attention_forward_backward_memory_grows_linearly(name):
+  fn = functools.partial(attention.get(name), **OPTIONS[name])
   sizes = [temp_bytes(fn, n) for n in (2048, 4096, 8192, 16384)]
   steps = [b - a for a, b in zip(sizes, sizes[1:])]
   for small, large in zip(steps, steps[1:]):

@@ -16,6 +16,8 @@ CONFORMANCE = {
     'dot_product': {},
     'blockwise': dict(query_chunk_size=16, key_chunk_size=5),
     'linear': dict(chunk_size=5),
+    # One chunk: exact shared-QK attention (test_lsh.py tests the hashing).
+    'lsh': dict(chunk_size=64, num_buckets=4),
     'performer': dict(chunk_size=5, num_features=32),
 }
 REFUSED_VALUES = dict(bias=jnp.zeros((1, 1, 37, 37)),
