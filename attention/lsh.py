@@ -108,7 +108,7 @@ def chunked_rounds(q_BKTGH, k_BKTH, v_BKTH, order_BKPT, inverse_BKPT, *,
   k, v = _windows(sort(k_BKTH), C), _windows(sort(v_BKTH), C)
   q_pos = flat(order_BKPT).reshape(-1, nC, C)
   k_pos = _windows(flat(order_BKPT), C)
-  logits = jnp.einsum('BUCGH,BUSH->BUGCS', q, k,
+  logits = jnp.einsum('BWCGH,BWSH->BWGCS', q, k,
                       preferred_element_type=jnp.float32) * scale
   # Rounds in which each (query, key) pair shares a chunk window.
   chunk_of = jnp.broadcast_to(jnp.swapaxes(inverse_BKPT // C, 2, 3)[:, :, None],
@@ -130,7 +130,7 @@ def chunked_rounds(q_BKTGH, k_BKTH, v_BKTH, order_BKPT, inverse_BKPT, *,
   top = jnp.max(logits, axis=-1, keepdims=True)
   probs = jnp.exp(logits - top)
   total = jnp.sum(probs, axis=-1, keepdims=True)
-  out = jnp.einsum('BUGCS,BUSH->BUCGH', probs / total, v.astype(jnp.float32))
+  out = jnp.einsum('BWGCS,BWSH->BWCGH', probs / total, v.astype(jnp.float32))
   lse = jnp.swapaxes((top + jnp.log(total))[..., 0], 2, 3)  # [X, nC, C, G]
   unsort = lambda x: _gather(x.reshape((B, K, P, T) + x.shape[3:]),
                              inverse_BKPT, axis=3)

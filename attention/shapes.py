@@ -10,6 +10,7 @@ of `jax.nn.dot_product_attention`'s documentation:
   C  chunk (tile) length           R  tile rows: C query positions x G heads
   F  random features               U  hash buckets
   P  hash rounds (the "R" of LSH papers; R is taken by tile rows here)
+  W  chunks of a sequence sorted by hash bucket (LSH windows)
 
 Public inputs are `query [B, T, N, H]`, `key [B, S, K, H]`,
 `value [B, S, K, H]`; outputs are `[B, T, N, H]`. Query head `n` reads
