@@ -65,7 +65,8 @@ def test_equals_exact_shared_qk_attention(chunk_size, is_causal):
   # One chunk of all tokens, or two chunks that each look back at the other.
   q, v = qv()
   options = dict(chunk_size=chunk_size, num_buckets=8)
-  got = lsh.lsh_attention(q, q, v, is_causal=is_causal, **options)
+  got = jax.jit(functools.partial(lsh.lsh_attention, is_causal=is_causal,
+                                  **options))(q, q, v)
   visible = jnp.ones((B, N, T, T), bool) & (causal_mask(T) if is_causal
                                             else True)
   np.testing.assert_allclose(got, dense(q, q, v, visible_BKTS=visible),
@@ -79,8 +80,9 @@ def test_equals_dense_attention_over_the_same_buckets(is_causal, K):
   k = q[:, :, ::N // K]  # shared-QK per key head
   rotations = lsh.draw_rotations(jax.random.key(3), H, 3, 8)
   lengths = jnp.array([37, 29])
-  fn = functools.partial(lsh.lsh_attention, rotations=rotations, chunk_size=5,
-                         is_causal=is_causal, key_value_seq_lengths=lengths)
+  fn = jax.jit(functools.partial(
+      lsh.lsh_attention, rotations=rotations, chunk_size=5,
+      is_causal=is_causal, key_value_seq_lengths=lengths))
   visible = same_window(k, rotations, 5, lengths)
   if is_causal:
     visible &= causal_mask(T)
@@ -89,8 +91,9 @@ def test_equals_dense_attention_over_the_same_buckets(is_causal, K):
   cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape),
                           jnp.float32)
   loss = lambda f, *a: jnp.sum(f(*a) * cotangent)
-  got = jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2))(q, k, v)
-  want = jax.grad(functools.partial(loss, ref), argnums=(0, 1, 2))(q, k, v)
+  grad = lambda f: jax.jit(jax.grad(functools.partial(loss, f),
+                                    argnums=(0, 1, 2)))(q, k, v)
+  got, want = grad(fn), grad(ref)
   for g, w in zip(got, want):
     assert jnp.all(jnp.isfinite(g))
     np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-4)
@@ -104,11 +107,10 @@ def test_error_falls_as_hash_rounds_grow(is_causal):
   exact = dense(q, q, v, visible_BKTS=visible)
 
   def error(rounds):
-    errors = [jnp.linalg.norm(lsh.lsh_attention(
+    fn = jax.jit(lambda rng: jnp.linalg.norm(lsh.lsh_attention(
         q, q, v, is_causal=is_causal, num_hashes=rounds, num_buckets=8,
-        chunk_size=4, rng=jax.random.key(seed)) - exact) / jnp.linalg.norm(
-            exact) for seed in range(4)]
-    return float(np.mean(errors))
+        chunk_size=4, rng=rng) - exact) / jnp.linalg.norm(exact))
+    return float(np.mean([fn(jax.random.key(seed)) for seed in range(4)]))
 
   errors = [error(p) for p in (1, 2, 4, 8)]
   assert all(b < a for a, b in zip(errors, errors[1:])), errors
@@ -145,15 +147,15 @@ def test_a_different_key_gives_different_buckets():
 
 def test_bfloat16_and_rows_without_keys():
   q, v = qv(dtype=jnp.bfloat16)
-  got = lsh.lsh_attention(q, q, v, is_causal=True, chunk_size=8,
-                          num_buckets=4)
-  want = lsh.lsh_attention(q.astype(jnp.float32), q.astype(jnp.float32),
-                           v.astype(jnp.float32), is_causal=True,
-                           chunk_size=8, num_buckets=4)
+  fn = functools.partial(lsh.lsh_attention, is_causal=True, chunk_size=8,
+                         num_buckets=4)
+  got = jax.jit(fn)(q, q, v)
+  want = jax.jit(fn)(*(x.astype(jnp.float32) for x in (q, q, v)))
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(got.astype(jnp.float32), want, atol=5e-2,
                              rtol=5e-2)
   q, v = qv()
-  out = lsh.lsh_attention(q, q, v, key_value_seq_lengths=jnp.array([37, 0]))
+  out = jax.jit(lsh.lsh_attention)(q, q, v,
+                                   key_value_seq_lengths=jnp.array([37, 0]))
   np.testing.assert_array_equal(out[1], 0.0)
   assert jnp.all(jnp.isfinite(out))

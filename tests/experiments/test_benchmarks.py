@@ -20,7 +20,8 @@ def run(module, *flags):
 def test_attention_benchmark(tmp_path):
   output = tmp_path / 'bench.json'
   stdout = run('experiments.benchmark', '--lengths=64,96', '--repeats=1',
-               '--mechanisms=blockwise,linear', '--kv_heads=2',
+               '--mechanisms=blockwise,linear', '--kv_heads=2', '--heads=4',
+               '--head_dim=16',
                '--mechanism_options={"linear": {"chunk_size": 16}}',
                f'--output={output}')
   assert 'matmul' in stdout

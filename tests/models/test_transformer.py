@@ -96,8 +96,8 @@ POSITIONS = ['rope', 'alibi', 'sinusoidal', 'learned', 'none']
 # both (test_mechanisms_refuse_alibi_and_soft_cap_by_name).
 # Approximate mechanisms run every position in the slow suite only.
 DECODING_CASES = [
-    pytest.param(m, p, marks=() if attention.get(m).exact or p in (
-        'rope', 'none') else pytest.mark.slow)
+    pytest.param(m, p, marks=() if attention.get(m).exact or p == 'rope'
+                 else pytest.mark.slow)
     for m in DECODABLE for p in POSITIONS
     if p != 'alibi' or 'alibi_slopes' not in attention.get(m).refuses]
 
