@@ -101,6 +101,11 @@ def check_positive_int(name: str, value):
     raise ValueError(f'{name} must be a positive int, got {value!r}')
 
 
+# The shared options that only a mechanism forming attention logits honours.
+LOGIT_OPTIONS = ('bias', 'mask', 'local_window_size', 'alibi_slopes',
+                 'logits_soft_cap')
+
+
 def refuse(mechanism: str, why: str, **options):
   """Raises ValueError naming the first option that is set (not None).
 

@@ -36,8 +36,6 @@ FEATURE_MAPS = {
     'identity': lambda x: x,
 }
 
-REFUSES = ('bias', 'mask', 'local_window_size', 'alibi_slopes',
-           'logits_soft_cap')
 _UNSUPPORTED = ('has no attention matrix to bias, mask or window; use '
                 'is_causal and key_value_seq_lengths')
 
@@ -163,4 +161,4 @@ def step(state: kernelized.State, query, key, value, *, num_new=None,
 
 
 registry.register('linear', linear_attention, init_state=init_state,
-                  step=step, exact=False, refuses=REFUSES)
+                  step=step, exact=False, refuses=arguments.LOGIT_OPTIONS)

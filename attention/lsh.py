@@ -43,6 +43,7 @@ from attention import registry
 # Logit of a token's own key (shared-QK): below any real logit, far above
 # NEG_INF, so it wins only when nothing else is visible.
 SELF_LOGIT = -1e5
+_REFUSED_WHY = 'a query sees only its hash chunks'
 
 
 def draw_rotations(rng, head_dim: int, num_hashes: int, num_buckets: int):
@@ -72,9 +73,13 @@ def sort_by_bucket(buckets_BKPT, key_ok_BT, num_buckets: int):
   T = buckets_BKPT.shape[-1]
   buckets = jnp.where(key_ok_BT[:, None, None, :], buckets_BKPT,
                       num_buckets)
-  order = jnp.argsort(buckets * T + jnp.arange(T)[None, None, None], axis=-1)
-  inverse = jnp.argsort(order, axis=-1)
-  return order.astype(jnp.int32), inverse.astype(jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32),
+                               buckets.shape)
+  order = jnp.argsort(buckets * T + positions, axis=-1).astype(jnp.int32)
+  # The inverse permutation by a scatter, not a second sort.
+  inverse = jnp.put_along_axis(jnp.zeros_like(order), order, positions,
+                               axis=-1, inplace=False)
+  return order, inverse
 
 
 def _gather(x, index, axis):
@@ -203,7 +208,7 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
   backward.
   """
   del dropout_rng, broadcast_dropout, precision
-  arguments.refuse('lsh_attention', 'a query sees only its hash chunks',
+  arguments.refuse('lsh_attention', _REFUSED_WHY,
                    bias=bias, mask=mask, local_window_size=local_window_size,
                    alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   if not shared_qk:
@@ -254,10 +259,6 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
   return out.astype(args.query.dtype)
 
 
-REFUSES = ('bias', 'mask', 'local_window_size', 'alibi_slopes',
-           'logits_soft_cap')
-
-
 def _normalised(key):
   k = key.astype(jnp.float32)
   k = k / jnp.maximum(jnp.linalg.norm(k, axis=-1, keepdims=True), 1e-6)
@@ -282,7 +283,7 @@ def step(state, query, key, value, *, num_new=None, scale=None,
   `SELF_LOGIT`, as in `lsh_attention`; hashing options are ignored.
   """
   del unused_options
-  arguments.refuse('lsh_attention', 'a query sees only its hash chunks',
+  arguments.refuse('lsh_attention', _REFUSED_WHY,
                    local_window_size=local_window_size,
                    alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   return kv_cache.step(state, query, _normalised(key), value,
@@ -291,4 +292,4 @@ def step(state, query, key, value, *, num_new=None, scale=None,
 
 
 registry.register('lsh', lsh_attention, init_state=init_state, step=step,
-                  exact=False, refuses=REFUSES)
+                  exact=False, refuses=arguments.LOGIT_OPTIONS)

@@ -35,7 +35,6 @@ from jax import lax
 
 from attention import arguments
 from attention import kernelized
-from attention import linear
 from attention import registry
 
 KERNELS = ('softmax', 'trig', 'relu')
@@ -240,5 +239,5 @@ def _draw_for_options(rng, head_dim, *, num_features=256, orthogonal=True,
 
 
 registry.register('performer', performer_attention, init_state=init_state,
-                  step=step, exact=False, refuses=linear.REFUSES,
+                  step=step, exact=False, refuses=arguments.LOGIT_OPTIONS,
                   draw_projection=_draw_for_options)

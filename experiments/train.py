@@ -116,15 +116,17 @@ def _loss(graphdef, params, rest, inputs, targets, weights, key,
 
 
 def _redraw(graphdef, params, rest, key, step, every):
-  """`rest` with new random-feature projections where `step % every == 0`."""
-  model = nnx.merge(graphdef, params, rest)
-  old = nnx.state(model, models.RandomProjection)
-  models.redraw_projections(model, key)
-  new = nnx.state(model, models.RandomProjection)
-  redraw = (step > 0) & (step % every == 0)
-  nnx.update(model, jax.tree.map(lambda a, b: jnp.where(redraw, a, b), new,
-                                 old))
-  return nnx.split(model, nnx.Param, ...)[2]
+  """`rest` with new random-feature projections where `step % every == 0`.
+
+  The draw runs only on those steps (`lax.cond`), not on every step.
+  """
+  def redrawn(rest):
+    model = nnx.merge(graphdef, params, rest)
+    models.redraw_projections(model, key)
+    return nnx.split(model, nnx.Param, ...)[2]
+
+  return jax.lax.cond((step > 0) & (step % every == 0), redrawn,
+                      lambda rest: rest, rest)
 
 
 def _train_step(graphdef, tx, deterministic, redraw_every, state, inputs,
