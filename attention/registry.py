@@ -24,9 +24,10 @@ class Mechanism:
   `exact`: computes softmax attention exactly (tested against the oracle);
   approximations are tested against their own definitions. `refuses`: the
   shared options it cannot honour (each raises ValueError when set).
-  `draw_projection(rng, head_dim, **options)`: for random-feature
-  mechanisms, a new draw of their `projection` option (models keep it as a
-  non-trainable variable and can redraw it).
+  `draw_projection(rng, head_dim, **options)`: for randomised mechanisms,
+  a new draw of their random option, named by `projection_option` (the
+  Performer's `projection`, LSH's `rng`); models keep it as a non-trainable
+  variable and can redraw it.
   """
 
   name: str
@@ -37,6 +38,7 @@ class Mechanism:
   exact: bool = True
   refuses: tuple[str, ...] = ()
   draw_projection: Callable[..., Any] | None = None
+  projection_option: str = 'projection'
 
   @property
   def decodable(self) -> bool:
@@ -49,7 +51,7 @@ class Mechanism:
 
 def register(name: str, fn: Callable[..., Any], *, init_state=None,
              step=None, exact=True, refuses=(), draw_projection=None,
-             **defaults):
+             projection_option='projection', **defaults):
   """Registers `fn` (and its decoding pair) under `name` with defaults."""
   if name in _REGISTRY and _REGISTRY[name].fn is not fn:
     raise ValueError(f'attention mechanism {name!r} is already registered')
@@ -57,7 +59,7 @@ def register(name: str, fn: Callable[..., Any], *, init_state=None,
     raise ValueError(f'{name}: give both init_state and step, or neither')
   _REGISTRY[name] = Mechanism(name, fn, tuple(sorted(defaults.items())),
                               init_state, step, exact, tuple(refuses),
-                              draw_projection)
+                              draw_projection, projection_option)
   return fn
 
 

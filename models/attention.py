@@ -7,11 +7,13 @@ keys and values (MHA when K = N, GQA, MQA when K = 1), optional QK-norm
 itself by registry name: `attention='blockwise'`,
 `attention_options={'query_chunk_size': 256}`.
 
-Random-feature mechanisms (Performer) get their projection drawn once from
-the layer's `params` stream and kept as a `RandomProjection` variable: not a
-`nnx.Param`, so optimizers leave it alone, but saved with the model state.
+Randomised mechanisms get their random option drawn once from the layer's
+`params` stream and kept as a `RandomProjection` variable: the Performer's
+feature projection, LSH's hashing key. It is not a `nnx.Param`, so
+optimizers leave it alone, but it is saved with the model state.
 `redraw(rng)` (or `redraw_projections(model, rng)` for a whole model) draws
-a new one, as the Performer paper does during training.
+a new one, as the Performer paper does during training and the Reformer
+does at every step.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ POSITIONAL_IN_ATTENTION = ('rope', 'alibi', None)
 
 
 class RandomProjection(nnx.Variable):
-  """A random-feature projection `[F, H]`: state, but not trained."""
+  """A random draw (a projection `[F, H]`, a key): state, not trained."""
 
 
 class MultiHeadAttention(nnx.Module):
@@ -102,7 +104,7 @@ class MultiHeadAttention(nnx.Module):
     if self.position == 'alibi':
       options['alibi_slopes'] = positional.alibi_slopes(self.num_heads)
     if self.projection is not None:
-      options['projection'] = self.projection[...]
+      options[self.mechanism.projection_option] = self.projection[...]
     return options
 
   def _project(self, x, context, q_positions, k_positions):

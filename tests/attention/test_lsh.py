@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from attention import lsh
+from attention import lsh_rounds
 from attention import masking
 
 B, T, N, H = 2, 37, 4, 16
@@ -20,38 +21,57 @@ def qv(K=N, dtype=jnp.float32, seed=0, length=T):
   return q, v
 
 
-def dense(query, key, value, *, visible_BKTS, scale=H**-0.5):
-  """Softmax attention with normalised keys, the self-logit, a mask."""
+def dense(query, key, value, *, visible_BNTS, scale=H**-0.5, shared_qk=True):
+  """Softmax attention over the visible keys; shared-QK: normalised keys and
+  the self-logit."""
   B, T, N, H = query.shape
   K = key.shape[2]
-  key = key / jnp.linalg.norm(key, axis=-1, keepdims=True)
+  if shared_qk:
+    key = key / jnp.linalg.norm(key, axis=-1, keepdims=True)
   q = query.reshape(B, T, K, N // K, H)
   logits = jnp.einsum('BTKGH,BSKH->BKGTS', q, key) * scale
-  logits = jnp.where(jnp.eye(T, dtype=bool), lsh.SELF_LOGIT, logits)
-  logits = jnp.where(visible_BKTS[:, :, None], logits, masking.NEG_INF)
+  if shared_qk:
+    logits = jnp.where(jnp.eye(T, dtype=bool), lsh.SELF_LOGIT, logits)
+  visible = jnp.broadcast_to(visible_BNTS, (B, N, T, T)).reshape(
+      B, K, N // K, T, T)
+  logits = jnp.where(visible, logits, masking.NEG_INF)
   probs = jax.nn.softmax(logits, axis=-1)
-  probs = jnp.where(jnp.any(visible_BKTS, -1)[:, :, None, :, None], probs, 0.0)
+  probs = jnp.where(jnp.any(visible, -1)[..., None], probs, 0.0)
   out = jnp.einsum('BKGTS,BSKH->BTKGH', probs, value)
   return out.reshape(B, T, N, H)
 
 
-def same_window(key, rotations, chunk_size, lengths=None):
-  """bool `[B, K, T, S]`: the pairs sharing a chunk window in some round."""
-  T = key.shape[1]
+def _chunks(x, rotations, C, ok):
+  """Chunk of every position in every round: `[B, M, P, T]` (numpy)."""
+  T = x.shape[1]
+  Tp = T + (-T % C)
+  x = jnp.pad(x, [(0, 0), (0, Tp - T), (0, 0), (0, 0)])
+  U = 2 * rotations.shape[2]
+  _, inverse = lsh_rounds.sort_by_bucket(
+      lsh_rounds.hash_buckets(x, rotations), ok, U)
+  return np.asarray(inverse // C)[..., :T]
+
+
+def same_window(query, key, rotations, chunk_size, lengths=None,
+                shared_qk=True):
+  """bool `[B, N, T, S]`: the pairs sharing a chunk window in some round."""
+  B, T, N, _ = query.shape
+  K = key.shape[2]
   C = min(chunk_size, T)
   Tp = T + (-T % C)
-  key = jnp.pad(key, [(0, 0), (0, Tp - T), (0, 0), (0, 0)])
-  ok = jnp.broadcast_to(jnp.arange(Tp) < T, (key.shape[0], Tp))
+  ok = jnp.broadcast_to(jnp.arange(Tp) < T, (B, Tp))
+  k_ok = ok
   if lengths is not None:
-    ok &= jnp.arange(Tp)[None, :] < jnp.asarray(lengths)[:, None]
-  key = key / jnp.maximum(jnp.linalg.norm(key, axis=-1, keepdims=True), 1e-6)
-  U = 2 * rotations.shape[2]
-  _, inverse = lsh.sort_by_bucket(lsh.hash_buckets(key, rotations), ok, U)
-  chunk = np.asarray(inverse // C)[..., :T]  # [B, K, P, T]
+    k_ok = ok & (jnp.arange(Tp)[None, :] < jnp.asarray(lengths)[:, None])
+  if shared_qk:
+    key = key / jnp.maximum(jnp.linalg.norm(key, axis=-1, keepdims=True),
+                            1e-6)
+  kc = np.repeat(_chunks(key, rotations, C, k_ok), N // K, axis=1)
+  qc = kc if shared_qk else _chunks(query, rotations, C, ok)
   nC = Tp // C
-  qc, kc = chunk[..., :, None], chunk[..., None, :]
+  qc, kc = qc[..., :, None], kc[..., None, :]
   together = (kc == qc) | ((kc == (qc - 1) % nC) if nC > 1 else True)
-  return jnp.asarray(np.any(together, axis=2) & np.asarray(ok)[
+  return jnp.asarray(np.any(together, axis=2) & np.asarray(k_ok)[
       :, None, None, :T])
 
 
@@ -69,23 +89,32 @@ def test_equals_exact_shared_qk_attention(chunk_size, is_causal):
                                   **options))(q, q, v)
   visible = jnp.ones((B, N, T, T), bool) & (causal_mask(T) if is_causal
                                             else True)
-  np.testing.assert_allclose(got, dense(q, q, v, visible_BKTS=visible),
+  np.testing.assert_allclose(got, dense(q, q, v, visible_BNTS=visible),
                              atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize('K,is_causal', [(N, True), (2, False)])
-def test_equals_dense_attention_over_the_same_buckets(K, is_causal):
+@pytest.mark.parametrize('K,is_causal,shared_qk', [
+    (N, True, True), (2, False, True), (2, True, False),
+    pytest.param(N, False, False, marks=pytest.mark.slow)])
+def test_equals_dense_attention_over_the_same_buckets(K, is_causal,
+                                                      shared_qk):
   q, v = qv(K=K)
-  k = q[:, :, ::N // K]  # shared-QK per key head
+  if shared_qk:
+    k = q[:, :, ::N // K]  # shared-QK per key head
+  else:
+    k = qv(K=K, seed=7)[1]
   rotations = lsh.draw_rotations(jax.random.key(3), H, 3, 8)
   lengths = jnp.array([37, 29])
   fn = jax.jit(functools.partial(
       lsh.lsh_attention, rotations=rotations, chunk_size=5,
-      is_causal=is_causal, key_value_seq_lengths=lengths))
-  visible = same_window(k, rotations, 5, lengths)
+      is_causal=is_causal, key_value_seq_lengths=lengths,
+      shared_qk=shared_qk))
+  visible = same_window(q, k, rotations, 5, lengths, shared_qk=shared_qk)
   if is_causal:
     visible &= causal_mask(T)
-  ref = functools.partial(dense, visible_BKTS=visible)
+  if is_causal and not shared_qk:  # Rows that find no key are zeros.
+    assert not jnp.all(jnp.any(visible, -1))
+  ref = functools.partial(dense, visible_BNTS=visible, shared_qk=shared_qk)
   np.testing.assert_allclose(fn(q, k, v), ref(q, k, v), atol=1e-6, rtol=1e-5)
   cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape),
                           jnp.float32)
@@ -98,12 +127,21 @@ def test_equals_dense_attention_over_the_same_buckets(K, is_causal):
     np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-4)
 
 
+def test_separate_hashing_with_one_chunk_is_exact_attention():
+  q, v = qv(K=2)
+  k = qv(K=2, seed=7)[1]
+  got = jax.jit(functools.partial(lsh.lsh_attention, is_causal=True,
+                                  shared_qk=False, chunk_size=64))(q, k, v)
+  want = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize('is_causal', [False, True])
 def test_error_falls_as_hash_rounds_grow(is_causal):
   q, v = qv()
   visible = jnp.ones((B, N, T, T), bool) & (causal_mask(T) if is_causal
                                             else True)
-  exact = dense(q, q, v, visible_BKTS=visible)
+  exact = dense(q, q, v, visible_BNTS=visible)
 
   def error(rounds):
     fn = jax.jit(lambda rng: jnp.linalg.norm(lsh.lsh_attention(
@@ -118,12 +156,15 @@ def test_error_falls_as_hash_rounds_grow(is_causal):
 
 def test_future_values_never_move_earlier_outputs():
   q, v = qv()
-  fn = jax.jit(functools.partial(lsh.lsh_attention, is_causal=True,
-                                 chunk_size=4, num_buckets=8))
-  base = fn(q, q, v)
-  for t0 in (1, 12, 30):
-    moved = fn(q, q, v.at[:, t0:].set(100.0))
-    np.testing.assert_array_equal(moved[:, :t0], base[:, :t0])
+  k = qv(seed=7)[1]
+  for shared_qk in (True, False):
+    fn = jax.jit(functools.partial(lsh.lsh_attention, is_causal=True,
+                                   chunk_size=4, num_buckets=8,
+                                   shared_qk=shared_qk))
+    base = fn(q, k, v)
+    for t0 in (1, 12, 30):
+      moved = fn(q, k, v.at[:, t0:].set(100.0))
+      np.testing.assert_array_equal(moved[:, :t0], base[:, :t0])
   # With one chunk, future queries and keys cannot move them either.
   whole = jax.jit(functools.partial(lsh.lsh_attention, is_causal=True,
                                     chunk_size=64, num_buckets=8))
@@ -137,7 +178,7 @@ def test_future_values_never_move_earlier_outputs():
 def test_a_different_key_gives_different_buckets():
   q, _ = qv()
   k = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
-  buckets = [lsh.hash_buckets(k, lsh.draw_rotations(jax.random.key(s), H, 2,
+  buckets = [lsh_rounds.hash_buckets(k, lsh.draw_rotations(jax.random.key(s), H, 2,
                                                       8)) for s in (0, 1)]
   assert buckets[0].shape == (B, N, 2, T)
   assert not np.array_equal(buckets[0], buckets[1])

@@ -1,4 +1,4 @@
-"""Performer layers keep their projection as non-trainable state."""
+"""Randomised layers (Performer, LSH) keep their draw as non-trainable state."""
 
 from flax import nnx
 import jax
@@ -56,3 +56,22 @@ def test_training_leaves_the_projection_and_redraw_changes_it():
   again = performer_lm()
   models.redraw_projections(again, jax.random.key(7))
   np.testing.assert_array_equal(projections(again)[1], redrawn[1])
+
+
+def test_lsh_layers_keep_a_hashing_key_that_redraw_changes():
+  config = models.TransformerConfig(
+      vocab_size=32, model_dim=32, num_layers=2, num_heads=4, mlp_dim=64,
+      attention='lsh', attention_options=(('chunk_size', 4),
+                                          ('num_buckets', 4)))
+  model = models.DecoderLM(config, rngs=nnx.Rngs(0))
+  keys = projections(model)
+  assert [k.shape for k in keys] == [(2,), (2,)]
+  assert not np.array_equal(keys[0], keys[1])
+  assert not any(p.dtype == jnp.uint32 for p in jax.tree.leaves(
+      nnx.state(model, nnx.Param)))
+  forward = nnx.jit(lambda m: m(tokens()))
+  logits = forward(model)
+  np.testing.assert_array_equal(forward(model), logits)  # same key, same
+  models.redraw_projections(model, jax.random.key(7))
+  assert not np.array_equal(projections(model)[0], keys[0])
+  assert not np.allclose(forward(model), logits)  # new buckets
