@@ -85,6 +85,7 @@ def _model_config(config) -> models.TransformerConfig:
       attention_options=tuple(sorted(dict(m.attention_options).items())),
       position=m.position, max_length=config.data.max_length,
       tie_embeddings=m.tie_embeddings, qk_norm=m.qk_norm,
+      shared_qk=m.shared_qk,
       dtype=(None if config.train.compute_dtype == 'float32'
              else DTYPES[config.train.compute_dtype]))
 

@@ -3,9 +3,10 @@
 Projections `[B, T, D] -> [B, T, N, H]` for queries and `[B, S, K, H]` for
 keys and values (MHA when K = N, GQA, MQA when K = 1), optional QK-norm
 (RMSNorm of queries and keys per head; Dehghani et al. 2023, arXiv
-2302.05442), RoPE or ALiBi positions, logit soft-capping, and the attention
-itself by registry name: `attention='blockwise'`,
-`attention_options={'query_chunk_size': 256}`.
+2302.05442), optional shared-QK (queries are the keys' projection, as in
+the Reformer; Kitaev et al. 2020, arXiv 2001.04451), RoPE or ALiBi
+positions, logit soft-capping, and the attention itself by registry name:
+`attention='blockwise'`, `attention_options={'query_chunk_size': 256}`.
 
 Randomised mechanisms get their random option drawn once from the layer's
 `params` stream and kept as a `RandomProjection` variable: the Performer's
@@ -42,7 +43,8 @@ class MultiHeadAttention(nnx.Module):
                context_dim: int | None = None, attention: str = 'blockwise',
                attention_options: Mapping[str, Any] | None = None,
                position: str | None = 'rope', rope_base: float = 10000.0,
-               qk_norm: bool = False, logits_soft_cap: float | None = None,
+               qk_norm: bool = False, shared_qk: bool = False,
+               logits_soft_cap: float | None = None,
                use_bias: bool = False, dtype=None, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     num_kv_heads = num_kv_heads or num_heads
@@ -50,6 +52,9 @@ class MultiHeadAttention(nnx.Module):
     if num_heads % num_kv_heads:
       raise ValueError(f'num_heads={num_heads} must be a multiple of '
                        f'num_kv_heads={num_kv_heads}')
+    if shared_qk and num_kv_heads != num_heads:
+      raise ValueError(f'shared_qk needs num_kv_heads = num_heads, got '
+                       f'{num_kv_heads} and {num_heads}')
     if position not in POSITIONAL_IN_ATTENTION:
       raise ValueError(f'position must be one of {POSITIONAL_IN_ATTENTION}, '
                        f'got {position!r}')
@@ -74,13 +79,15 @@ class MultiHeadAttention(nnx.Module):
         i, o, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
         rngs=rngs, **kw)
     context_dim = context_dim or model_dim
-    self.query = dense(model_dim, (num_heads, head_dim))
+    # Shared-QK (Kitaev et al. 2020): queries are the keys' projection.
+    self.query = None if shared_qk else dense(model_dim, (num_heads, head_dim))
     self.key = dense(context_dim, (num_kv_heads, head_dim))
     self.value = dense(context_dim, (num_kv_heads, head_dim))
     self.out = dense((num_heads, head_dim), model_dim, axis=(-2, -1))
     norm = lambda: nnx.RMSNorm(head_dim, dtype=dtype, param_dtype=param_dtype,
                                rngs=rngs) if qk_norm else None
-    self.query_norm, self.key_norm = norm(), norm()
+    self.key_norm = norm()
+    self.query_norm = self.key_norm if shared_qk else norm()
     self.projection = RandomProjection(
         self._draw(rngs.params())) if mechanism.draw_projection else None
 
@@ -108,7 +115,14 @@ class MultiHeadAttention(nnx.Module):
     return options
 
   def _project(self, x, context, q_positions, k_positions):
-    query, key, value = self.query(x), self.key(context), self.value(context)
+    key, value = self.key(context), self.value(context)
+    if self.query is None:  # shared-QK
+      if context is not x:
+        raise ValueError('a shared_qk layer does self-attention only, got a '
+                         'context')
+      query = key
+    else:
+      query = self.query(x)
     if self.query_norm is not None:
       query, key = self.query_norm(query), self.key_norm(key)
     if self.position == 'rope':

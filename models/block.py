@@ -44,15 +44,16 @@ class Block(nnx.Module):
   def __init__(self, config: TransformerConfig, *, cross_attention=False,
                rngs: nnx.Rngs):
     self.config = config
-    make_attention = lambda: attention.MultiHeadAttention(
+    make_attention = lambda shared_qk: attention.MultiHeadAttention(
         config.model_dim, config.num_heads, num_kv_heads=config.num_kv_heads,
         head_dim=config.head_dim, attention=config.attention,
         attention_options=dict(config.attention_options),
         position=config.attention_position, qk_norm=config.qk_norm,
-        logits_soft_cap=config.logits_soft_cap, dtype=config.dtype, rngs=rngs)
-    self.attention = make_attention()
+        shared_qk=shared_qk, logits_soft_cap=config.logits_soft_cap,
+        dtype=config.dtype, rngs=rngs)
+    self.attention = make_attention(config.shared_qk)
     self.attention_norm = make_norm(config, rngs)
-    self.cross = make_attention() if cross_attention else None
+    self.cross = make_attention(False) if cross_attention else None
     self.cross_norm = make_norm(config, rngs) if cross_attention else None
     self.mlp = Mlp(config, rngs)
     self.mlp_norm = make_norm(config, rngs)

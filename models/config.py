@@ -33,6 +33,7 @@ class TransformerConfig:
   max_length: int = 2048  # table size of learned positions
   tie_embeddings: bool = True
   qk_norm: bool = False
+  shared_qk: bool = False  # self-attention queries = keys (Reformer); K = N
   logits_soft_cap: float | None = None
   dtype: Any = None  # compute dtype (None: float32); params are float32
 
@@ -49,6 +50,9 @@ class TransformerConfig:
     if self.num_heads % (self.num_kv_heads or self.num_heads):
       raise ValueError(f'num_heads={self.num_heads} must be a multiple of '
                        f'num_kv_heads={self.num_kv_heads}')
+    if self.shared_qk and self.num_kv_heads not in (None, self.num_heads):
+      raise ValueError(f'shared_qk needs num_kv_heads = num_heads, got '
+                       f'{self.num_kv_heads} and {self.num_heads}')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate must be in [0, 1), got '
                        f'{self.dropout_rate}')

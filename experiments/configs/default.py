@@ -37,6 +37,7 @@ def get_config():
   config.model.dropout_rate = 0.0  # residual and embedding dropout
   config.model.tie_embeddings = True
   config.model.qk_norm = True  # RMSNorm on queries and keys
+  config.model.shared_qk = False  # queries = keys' projection (Reformer); K = N
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # sequences per step (global, over devices)

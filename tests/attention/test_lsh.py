@@ -178,8 +178,8 @@ def test_future_values_never_move_earlier_outputs():
 def test_a_different_key_gives_different_buckets():
   q, _ = qv()
   k = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
-  buckets = [lsh_rounds.hash_buckets(k, lsh.draw_rotations(jax.random.key(s), H, 2,
-                                                      8)) for s in (0, 1)]
+  buckets = [lsh_rounds.hash_buckets(k, lsh.draw_rotations(
+      jax.random.key(s), H, 2, 8)) for s in (0, 1)]
   assert buckets[0].shape == (B, N, 2, T)
   assert not np.array_equal(buckets[0], buckets[1])
   assert int(buckets[0].max()) < 8 and int(buckets[0].min()) >= 0

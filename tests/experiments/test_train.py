@@ -190,7 +190,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
 def test_eight_devices_reach_the_loss_of_one(tmp_path, text_file):
   runs = {}
   for devices in (1, 8):
-    env = {'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+    env = {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '') +
+           f' --xla_force_host_platform_device_count={devices}'}
     process = _launch(tmp_path / str(devices), text_file, env=env)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output

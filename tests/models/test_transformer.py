@@ -274,3 +274,24 @@ def test_cache_steps_with_a_window_equal_full_windowed_attention(mechanism):
     out, state = m.step(state, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1],
                         local_window_size=(3, 0))
     np.testing.assert_allclose(out[:, 0], want[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_qk_layer_is_a_layer_whose_query_kernel_is_the_keys():
+  shared = models.MultiHeadAttention(32, 4, shared_qk=True, qk_norm=True,
+                                     attention='dot_product',
+                                     rngs=nnx.Rngs(0))
+  plain = models.MultiHeadAttention(32, 4, qk_norm=True,
+                                    attention='dot_product', rngs=nnx.Rngs(0))
+  assert shared.query is None
+  assert param_count(shared) == param_count(plain) - 32 * 32 - 8
+  for name in ('key', 'value', 'out', 'key_norm'):
+    nnx.update(getattr(plain, name), nnx.state(getattr(shared, name)))
+  plain.query.kernel[...] = shared.key.kernel[...]
+  plain.query_norm.scale[...] = shared.key_norm.scale[...]
+  x = jax.random.normal(jax.random.key(1), (2, 7, 32))
+  np.testing.assert_allclose(shared(x, is_causal=True),
+                             plain(x, is_causal=True), atol=1e-6)
+  with pytest.raises(ValueError, match='self-attention only'):
+    shared(x, x + 1.0)
+  with pytest.raises(ValueError, match='shared_qk needs num_kv_heads'):
+    config(shared_qk=True)
