@@ -102,8 +102,9 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
   Returns:
     `[B, T, N, H]` in the query's dtype.
 
-  Cost: O(B N P T (C + H + log T)) time; memory O(B N T (C + P H)) in the
-  forward and backward passes (one round's `[C, 2C]` logits at a time).
+  Cost: O(B N P T (C H + log T + U H)) time (the last term hashes; U
+  grows with T unless `num_buckets` is fixed); memory O(B N T (C + P H)) in
+  the forward and backward passes (one round's `[C, 2C]` logits at a time).
   """
   del dropout_rng, broadcast_dropout, precision
   arguments.refuse('lsh_attention', _REFUSED_WHY,

@@ -4,7 +4,8 @@ Trains one-layer shared-QK models on `0 w 0 w` (`experiments/configs/
 duplication.py`) with full attention and with LSH, then evaluates every
 trained model with full attention and with 8, 4, 2 and 1 hash rounds on
 examples the training never drew. Every evaluation batch draws new hashes.
-Prints a markdown table of the accuracy on the second copy's tokens.
+Prints a markdown table of the accuracy on the second copy's tokens, and
+in brackets the share of sequences whose whole second copy is right.
 
   python -m experiments.duplication --workdir=/tmp/duplication
 

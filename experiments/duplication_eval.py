@@ -70,12 +70,14 @@ def evaluate(config, state, num_batches: int):
 
 
 def table(results, trained, evaluated) -> str:
+  """Markdown: token accuracy (whole second copies right) per variant."""
   name = lambda v: 'full' if v == 'full' else f'LSH-{v[4:]}'
   lines = ['| trained with | ' + ' | '.join(
       f'eval {name(e)}' for e in evaluated) + ' |',
            '|---|' + '---|' * len(evaluated)]
   for t in trained:
-    cells = [f'{100 * results[t][e]["token_accuracy"]:.1f}%'
+    cells = [f'{100 * results[t][e]["token_accuracy"]:.1f}% '
+             f'({100 * results[t][e]["sequence_accuracy"]:.1f}%)'
              for e in evaluated]
     lines.append(f'| {name(t)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
