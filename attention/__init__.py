@@ -6,6 +6,7 @@ legend. Mechanisms are also reachable by name: `attention.get(name)`.
 """
 
 from attention.blockwise import blockwise_attention
+from attention.infini import infini_attention
 from attention.linear import linear_attention
 from attention.lsh import lsh_attention
 from attention.performer import draw_projection, performer_attention
@@ -18,6 +19,7 @@ __all__ = [
     'dot_product_attention',
     'draw_projection',
     'get',
+    'infini_attention',
     'linear_attention',
     'lsh_attention',
     'names',

@@ -64,6 +64,15 @@ def parse(name, query, key, value, *, scale, local_window_size,
                    logits_soft_cap=logits_soft_cap and float(logits_soft_cap))
 
 
+def parse_self(name, query, key, value, **options) -> Arguments:
+  """`parse` for mechanisms that attend within one sequence (S = T)."""
+  args = parse(name, query, key, value, local_window_size=None, **options)
+  if args.dims.S != args.dims.T:
+    raise ValueError(f'{name} is self-attention: key length S={args.dims.S} '
+                     f'must equal query length T={args.dims.T}')
+  return args
+
+
 def parse_step(name, query, key, value, *, scale) -> Arguments:
   """`parse` for a decoding step: no lengths, masks, dtype or dropout."""
   return parse(name, query, key, value, scale=scale, local_window_size=None,

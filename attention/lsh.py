@@ -111,15 +111,12 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
                    bias=bias, mask=mask, local_window_size=local_window_size,
                    alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   arguments.check_positive_int('chunk_size', chunk_size)
-  args = arguments.parse(
-      'lsh_attention', query, key, value, scale=scale, local_window_size=None,
+  args = arguments.parse_self(
+      'lsh_attention', query, key, value, scale=scale,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
   d = args.dims
-  if d.S != d.T:
-    raise ValueError(f'lsh_attention is self-attention: key length S={d.S} '
-                     f'must equal query length T={d.T}')
   rotations = _rotations(rng, rotations, d, num_hashes, num_buckets,
                          bucket_size)
   C = min(chunk_size, d.T)

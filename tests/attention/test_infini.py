@@ -1,0 +1,175 @@
+"""Infini-attention against a plain per-segment definition, and its memory."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention import infini
+from attention import positional
+
+B, T, N, K, H = 2, 37, 4, 2, 8
+L = 8  # segment length: 37 = 4 full segments and 5 tokens
+
+
+def inputs(seed=0, length=T, dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.standard_normal((B, length, n, H)), dtype)
+             for n in (N, K, K))
+  return q, k, v, jnp.asarray(rng.standard_normal(N), jnp.float32)
+
+
+def definition(q, k, v, gate_logits, *, update, rope_base=None):
+  """The paper's equations, one segment at a time, in float64 NumPy."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  sigma = lambda x: np.where(x > 0, x + 1.0, np.exp(x))
+  M, z = np.zeros((B, K, H, H)), np.zeros((B, K, H))
+  gate = 1 / (1 + np.exp(-np.asarray(gate_logits, np.float64)))
+  out = np.zeros((B, T, N, H))
+  for s in range(0, T, L):
+    e = min(s + L, T)
+    qs, ks, vs = q[:, s:e], k[:, s:e], v[:, s:e]
+    ql, kl = qs, ks
+    if rope_base is not None:
+      ql, kl = (np.asarray(positional.rope(jnp.asarray(x, jnp.float32),
+                                           jnp.arange(s, e), base=rope_base),
+                           np.float64) for x in (qs, ks))
+    for n in range(N):
+      h = n // (N // K)
+      logits = np.einsum('btd,bsd->bts', ql[:, :, n], kl[:, :, h]) / H**0.5
+      logits = np.where(np.tril(np.ones((e - s, e - s), bool)), logits,
+                        -np.inf)
+      p = np.exp(logits - logits.max(-1, keepdims=True))
+      local = np.einsum('bts,bsd->btd', p / p.sum(-1, keepdims=True),
+                        vs[:, :, h])
+      sq = sigma(qs[:, :, n])
+      den = np.einsum('btd,bd->bt', sq, z[:, h])
+      num = np.einsum('btd,bde->bte', sq, M[:, h])
+      mem = np.where(den[..., None] > 0, num / np.where(
+          den > 0, den, 1)[..., None], 0)
+      out[:, s:e, n] = gate[n] * mem + (1 - gate[n]) * local
+    for h in range(K):
+      sk = sigma(ks[:, :, h])
+      new = vs[:, :, h]
+      if update == 'delta':
+        den = np.einsum('btd,bd->bt', sk, z[:, h])
+        num = np.einsum('btd,bde->bte', sk, M[:, h])
+        new = new - np.where(den[..., None] > 0, num / np.where(
+            den > 0, den, 1)[..., None], 0)
+      M[:, h] += np.einsum('btd,bte->bde', sk, new)
+      z[:, h] += sk.sum(1)
+  return out, M
+
+
+@pytest.mark.parametrize('update,rope_base', [('delta', 10000.0),
+                                              ('linear', None)])
+def test_equals_the_definition_and_segment_by_segment(update, rope_base):
+  q, k, v, g = inputs()
+  options = dict(segment_size=L, update=update, rope_base=rope_base)
+  whole, memory = jax.jit(functools.partial(infini.scan_segments,
+                                            **options))(q, k, v, None, g)
+  want, matrix = definition(q, k, v, g, update=update, rope_base=rope_base)
+  np.testing.assert_allclose(whole, want, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(memory.matrix, matrix, atol=1e-4, rtol=1e-5)
+  # One segment at a time with the carried memory, and in two calls.
+  step = jax.jit(functools.partial(infini.segment_step, update=update,
+                                   rope_base=rope_base))
+  carried, outs = infini.init_memory(B, K, H), []
+  for s in range(0, T, L):
+    out, carried = step(q[:, s:s + L], k[:, s:s + L], v[:, s:s + L],
+                        carried, g)
+    outs.append(out)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), whole, atol=1e-6)
+  np.testing.assert_array_equal(carried.position, [T, T])
+  first, middle = infini.scan_segments(q[:, :16], k[:, :16], v[:, :16],
+                                       None, g, **options)
+  second, end = infini.scan_segments(q[:, 16:], k[:, 16:], v[:, 16:],
+                                     middle, g, **options)
+  np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole,
+                             atol=1e-6)
+  np.testing.assert_allclose(end.matrix, memory.matrix, atol=1e-5)
+
+
+def test_future_tokens_never_move_earlier_outputs():
+  q, k, v, g = inputs()
+  fn = jax.jit(functools.partial(infini.infini_attention, gate_logits=g,
+                                 segment_size=L, rope_base=10000.0))
+  base = fn(q, k, v)
+  noise = inputs(seed=3)
+  for t0 in (3, 8, 20):  # inside a segment, at a boundary, inside
+    moved = fn(*(x.at[:, t0:].set(y[:, t0:]) for x, y in zip(
+        (q, k, v), noise)))
+    np.testing.assert_array_equal(moved[:, :t0], base[:, :t0])
+    assert not np.allclose(moved[:, t0:], base[:, t0:])
+
+
+def test_delta_rule_writing_a_pair_twice_leaves_the_memory():
+  _, k, v, _ = inputs()
+  key, value = k[:, :1], v[:, :1]  # one token
+  valid = jnp.ones((B, 1), bool)
+  for rule, unchanged in (('delta', True), ('linear', False)):
+    once = infini.write(infini.init_memory(B, K, H), key, value, valid, rule)
+    twice = infini.write(once, key, value, valid, rule)
+    assert np.allclose(twice.matrix, once.matrix, atol=1e-5) == unchanged
+  # Padding is never written.
+  empty = infini.write(infini.init_memory(B, K, H), key, value,
+                       jnp.zeros((B, 1), bool), 'linear')
+  np.testing.assert_array_equal(empty.matrix, 0.0)
+
+
+def test_state_and_compiled_memory_do_not_grow_with_length():
+  def temp_bytes(length):
+    spec = jax.ShapeDtypeStruct((1, length, 4, 64), jnp.float32)
+    fn = jax.jit(functools.partial(infini.infini_attention,
+                                   segment_size=1024))
+    return fn.lower(spec, spec, spec).compile().memory_analysis(
+        ).temp_size_in_bytes
+
+  assert temp_bytes(65536) == temp_bytes(8192)
+  q, k, v, g = inputs()
+  _, short = infini.scan_segments(q[:, :9], k[:, :9], v[:, :9], None, g,
+                                  segment_size=L)
+  _, long = infini.scan_segments(q, k, v, None, g, segment_size=L)
+  assert jax.tree.map(jnp.shape, short) == jax.tree.map(jnp.shape, long)
+
+
+def test_gradients_flow_through_the_memory():
+  q, k, v, g = inputs()
+
+  def last_segment(value, gate_logits):
+    out = infini.infini_attention(q, k, value, gate_logits=gate_logits,
+                                  segment_size=L)
+    return jnp.sum(out[:, 32:] ** 2)
+
+  grad = jax.jit(jax.grad(last_segment, argnums=(0, 1)))
+  d_value, d_gate = grad(v, g)
+  assert jnp.all(jnp.isfinite(d_value)) and jnp.all(d_gate != 0)
+  assert jnp.abs(d_value[:, :8]).max() > 1e-3  # the first segment, via M
+  # A gate shut on the memory (sigmoid(-1e4) = 0): only the own segment.
+  d_value, _ = grad(v, jnp.full((N,), -1e4))
+  np.testing.assert_array_equal(d_value[:, :32], 0.0)
+
+
+def test_lengths_bfloat16_and_errors():
+  q, k, v, g = inputs()
+  fn = functools.partial(infini.infini_attention, gate_logits=g,
+                         segment_size=L)
+  lengths = jnp.array([37, 20])
+  out = fn(q, k, v, key_value_seq_lengths=lengths)
+  short = fn(q[1:, :20], k[1:, :20], v[1:, :20])
+  np.testing.assert_allclose(out[1, :20], short[0], atol=1e-6)
+  np.testing.assert_array_equal(out[1, 20:], 0.0)
+  half = fn(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(half.astype(jnp.float32), fn(q, k, v),
+                             atol=5e-2, rtol=5e-2)
+  with pytest.raises(ValueError, match='update must be one of'):
+    fn(q, k, v, update='hebbian')
+  with pytest.raises(ValueError, match=r'gate_logits must be \[N\]'):
+    infini.infini_attention(q, k, v, gate_logits=jnp.zeros(3))
+  with pytest.raises(ValueError, match='is_causal must be True'):
+    fn(q, k, v, is_causal=False)
+  with pytest.raises(ValueError, match='mask'):
+    fn(q, k, v, mask=jnp.ones((T, T), bool))
