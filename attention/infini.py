@@ -34,6 +34,8 @@ import jax.numpy as jnp
 
 from attention import arguments
 from attention import blockwise
+from attention import kernelized
+from attention import linear
 from attention import positional
 
 RULES = ('delta', 'linear')
@@ -56,16 +58,14 @@ def init_memory(batch_size: int, num_kv_heads: int, head_dim: int) -> Memory:
 
 
 def _sigma(x):
-  return jax.nn.elu(x.astype(jnp.float32)) + 1.0
+  return linear.FEATURE_MAPS['elu_plus_one'](x.astype(jnp.float32))
 
 
 def retrieve(sigma_q_BLKGH, memory: Memory):
   """`sigma(Q) M / (sigma(Q) z)` float32 `[B, L, K, G, H]`; 0 where z is 0."""
   num = jnp.einsum('BLKGH,BKHD->BLKGD', sigma_q_BLKGH, memory.matrix)
   den = jnp.einsum('BLKGH,BKH->BLKG', sigma_q_BLKGH, memory.normaliser)
-  ok = den > 0
-  return jnp.where(ok[..., None], num / jnp.where(ok, den, 1.0)[..., None],
-                   0.0)
+  return kernelized.normalise(num, den, 0.0)  # den >= 0: 0 only when empty
 
 
 def write(memory: Memory, key_BLKH, value_BLKH, valid_BL, rule: str):
