@@ -7,10 +7,12 @@ legend. Mechanisms are also reachable by name: `attention.get(name)`.
 
 from attention.blockwise import blockwise_attention
 from attention.infini import infini_attention
+from attention import infini_decoding  # registers infini
 from attention.linear import linear_attention
 from attention.lsh import lsh_attention
 from attention.performer import draw_projection, performer_attention
 from attention.reference import dot_product_attention
+from attention.xl import xl_attention
 from attention.registry import Mechanism, get, names, register
 
 __all__ = [
@@ -25,4 +27,5 @@ __all__ = [
     'names',
     'performer_attention',
     'register',
+    'xl_attention',
 ]

@@ -16,13 +16,17 @@ A segment reads the memory of the segments before it, then writes its own
 keys and values (the delta rule subtracts what the memory already returns
 for a key, so writing a pair twice leaves M as it was). The memory holds
 content only: with `rope_base`, RoPE rotates queries and keys for the local
-attention alone, at their absolute positions, and the memory reads and
-writes the un-rotated vectors, so both sides of it see the same thing.
+attention alone, and the memory reads and writes the un-rotated vectors, so
+both sides of it see the same thing. Local attention never leaves its
+segment, so RoPE uses positions from the segment's start: the same logits
+as absolute positions, without float32 angles of a millionth token.
 
-State: `Memory` (M, z and the position reached), O(K H^2) per sequence
-whatever its length; `segment_step` is one segment, `scan_segments` a whole
-sequence in a `lax.scan` (constant memory in the forward pass; the
-backward pass keeps one memory per segment).
+State: `Memory` (M, z and the tokens seen), O(K H^2) per sequence whatever
+its length; `segment_step` is one segment, `scan_segments` a whole sequence
+in a `lax.scan` (constant memory in the forward pass; the backward pass
+keeps one memory per segment). Decoding (`init_state`/`step`,
+`attention.infini_decoding`) carries the memory and the keys and values of
+the unfinished segment, and writes them when it fills.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class Memory(NamedTuple):
 
   matrix: jax.Array  # float32 [B, K, H, H]: sum of sigma(k)^T v
   normaliser: jax.Array  # float32 [B, K, H]: sum of sigma(k)
-  position: jax.Array  # int32 [B]: tokens seen so far (RoPE offset)
+  position: jax.Array  # int32 [B]: tokens written so far
 
 
 def init_memory(batch_size: int, num_kv_heads: int, head_dim: int) -> Memory:
@@ -92,8 +96,8 @@ def segment_step(query, key, value, memory: Memory, gate_logits, *,
     gate_logits: `[N]`: g = sigmoid(gate_logits) weighs the memory.
     update: 'delta' or 'linear'.
     scale: local logit scale; default `1 / sqrt(H)`.
-    rope_base: RoPE for the local attention, at positions
-      `memory.position + 0..L-1`; None: no rotation.
+    rope_base: RoPE for the local attention, at positions `0..L-1` from
+      the segment's start; None: no rotation.
     num_valid: optional int `[B]`: tokens of this segment that are real
       (the rest is padding: never written, outputs zero).
     chunk_size: tile size of the local blockwise attention.
@@ -109,7 +113,7 @@ def segment_step(query, key, value, memory: Memory, gate_logits, *,
     valid = jnp.arange(L)[None, :] < num_valid[:, None]
   q_local, k_local = query, key
   if rope_base is not None:
-    positions = memory.position[:, None] + jnp.arange(L)[None, :]
+    positions = jnp.arange(L)
     q_local = positional.rope(query, positions, base=rope_base)
     k_local = positional.rope(key, positions, base=rope_base)
   local = blockwise.blockwise_attention(
@@ -117,16 +121,24 @@ def segment_step(query, key, value, memory: Memory, gate_logits, *,
       key_value_seq_lengths=num_valid, query_chunk_size=min(chunk_size, L),
       key_chunk_size=min(chunk_size, L))
   recalled = retrieve(_sigma(query).reshape(B, L, K, N // K, H), memory)
-  gate = jax.nn.sigmoid(jnp.asarray(gate_logits, jnp.float32)).reshape(
-      1, 1, K, N // K, 1)
-  out = gate * recalled + (1.0 - gate) * local.reshape(
-      B, L, K, N // K, H).astype(jnp.float32)
-  out = jnp.where(valid[:, :, None, None, None], out, 0.0)
+  out = mix(gate_logits, recalled, local)
+  out = jnp.where(valid[:, :, None, None], out, 0.0)
   new_memory = write(memory, key, value, valid, update)
-  return out.reshape(B, L, N, H).astype(query.dtype), new_memory
+  return out.astype(query.dtype), new_memory
 
 
-def _check(update, segment_size, gate_logits, N):
+def mix(gate_logits, recalled_BLKGH, local_BLNH):
+  """`g A_mem + (1 - g) A_local` float32 `[B, L, N, H]`, g per head."""
+  B, L, K, G, H = recalled_BLKGH.shape
+  gate = jax.nn.sigmoid(jnp.asarray(gate_logits, jnp.float32)).reshape(
+      1, 1, K, G, 1)
+  out = gate * recalled_BLKGH + (1.0 - gate) * local_BLNH.reshape(
+      B, L, K, G, H).astype(jnp.float32)
+  return out.reshape(B, L, K * G, H)
+
+
+def check_options(update, segment_size, gate_logits, N):
+  """Validates the options; returns the gate logits float32 `[N]`."""
   if update not in RULES:
     raise ValueError(f'update must be one of {RULES}, got {update!r}')
   arguments.check_positive_int('segment_size', segment_size)
@@ -154,13 +166,14 @@ def scan_segments(query, key, value, memory: Memory | None = None,
     key_value_seq_lengths: optional int `[B]`: tokens past it are padding.
     update, scale, rope_base, chunk_size: as in `segment_step`.
 
-  Each segment is read with a dynamic slice and the body is rematerialised,
-  so the forward pass holds one segment's tiles whatever T (with B = 1 the
-  stacking of outputs is free; with B > 1 it transposes the output once).
+  Each segment is read with a dynamic slice, written into the output in
+  place, and the body is rematerialised, so the forward pass holds one
+  segment's tiles whatever T (plus a padded copy of the inputs when L does
+  not divide T).
   """
   B, T, N, H = query.shape
   K = key.shape[2]
-  gate = _check(update, segment_size, gate_logits, N)
+  gate = check_options(update, segment_size, gate_logits, N)
   L = min(segment_size, T)
   num_segments = -(-T // L)
   pad = num_segments * L - T
@@ -175,18 +188,20 @@ def scan_segments(query, key, value, memory: Memory | None = None,
 
   @jax.checkpoint
   def body(carry, _):
-    memory, start = carry
+    memory, out, start = carry
     take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, L, axis=1)
-    out, memory = segment_step(
+    segment, memory = segment_step(
         take(query), take(key), take(value), memory, gate, update=update,
         scale=scale, rope_base=rope_base,
         num_valid=jnp.clip(lengths - start, 0, L), chunk_size=chunk_size)
-    return (memory, start + L), out
+    out = jax.lax.dynamic_update_slice_in_dim(out, segment, start, axis=1)
+    return (memory, out, start + L), None
 
-  # The segment's start rides in the carry: no [segments] array in memory.
-  (memory, _), outs = jax.lax.scan(body, (memory, jnp.int32(0)), None,
-                                   length=num_segments)
-  out = jnp.moveaxis(outs, 0, 1).reshape(B, num_segments * L, N, H)
+  # The output (updated in place) and the segment's start ride in the
+  # carry: no temporary grows with T.
+  (memory, out, _), _ = jax.lax.scan(
+      body, (memory, jnp.zeros_like(query), jnp.int32(0)), None,
+      length=num_segments)
   return out[:, :T], memory
 
 

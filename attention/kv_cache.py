@@ -58,7 +58,8 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
                  jnp.zeros((batch_size,), jnp.int32))
 
 
-def _write(cache_BLKH, new_BLKH, start_B):
+def write_rows(cache_BLKH, new_BLKH, start_B):
+  """Writes row b of `new [B, L, ...]` into row b of the cache at `start[b]`."""
   return jax.vmap(lambda c, x, s: lax.dynamic_update_slice_in_dim(
       c, x, s, axis=0))(cache_BLKH, new_BLKH.astype(cache_BLKH.dtype), start_B)
 
@@ -96,8 +97,8 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
   if L > max_length:
     raise ValueError(f'query holds {L} tokens, more than the cache\'s '
                      f'max_length={max_length}')
-  new_key = _write(state.key, key, state.length)
-  new_value = _write(state.value, value, state.length)
+  new_key = write_rows(state.key, key, state.length)
+  new_value = write_rows(state.value, value, state.length)
   q_pos_BL = state.length[:, None] + jnp.arange(L)[None, :]
   k_pos = jnp.arange(max_length)
   rules = masking.PositionRules(

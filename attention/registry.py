@@ -27,7 +27,12 @@ class Mechanism:
   `draw_projection(rng, head_dim, **options)`: for randomised mechanisms,
   a new draw of their random option, named by `projection_option` (the
   Performer's `projection`, LSH's `rng`); models keep it as a non-trainable
-  variable and can redraw it.
+  variable and can redraw it. `rope_inside`: the mechanism takes content
+  queries and keys and applies RoPE itself (option `rope_base`), at
+  positions it knows (from a segment's start, say); models then pass the
+  base instead of rotating. `learned_options`: options that models learn,
+  one float per query head, zero at initialisation (Infini-attention's
+  `gate_logits`).
   """
 
   name: str
@@ -39,6 +44,8 @@ class Mechanism:
   refuses: tuple[str, ...] = ()
   draw_projection: Callable[..., Any] | None = None
   projection_option: str = 'projection'
+  rope_inside: bool = False
+  learned_options: tuple[str, ...] = ()
 
   @property
   def decodable(self) -> bool:
@@ -51,7 +58,8 @@ class Mechanism:
 
 def register(name: str, fn: Callable[..., Any], *, init_state=None,
              step=None, exact=True, refuses=(), draw_projection=None,
-             projection_option='projection', **defaults):
+             projection_option='projection', rope_inside=False,
+             learned_options=(), **defaults):
   """Registers `fn` (and its decoding pair) under `name` with defaults."""
   if name in _REGISTRY and _REGISTRY[name].fn is not fn:
     raise ValueError(f'attention mechanism {name!r} is already registered')
@@ -59,7 +67,8 @@ def register(name: str, fn: Callable[..., Any], *, init_state=None,
     raise ValueError(f'{name}: give both init_state and step, or neither')
   _REGISTRY[name] = Mechanism(name, fn, tuple(sorted(defaults.items())),
                               init_state, step, exact, tuple(refuses),
-                              draw_projection, projection_option)
+                              draw_projection, projection_option, rope_inside,
+                              tuple(learned_options))
   return fn
 
 

@@ -25,6 +25,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from experiments import duplication_eval
+from experiments import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'experiments/configs/duplication.py', 'Experiment config file.',
@@ -47,7 +48,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config, results = _CONFIG.value, {}
   for variant in _TRAIN.value:
-    state = duplication_eval.trained_state(
+    state = train.trained_state(
         duplication_eval.variant_config(config, variant),
         os.path.join(_WORKDIR.value, variant))
     results[variant] = {

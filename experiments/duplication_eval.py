@@ -1,8 +1,8 @@
-"""Training and hash-round evaluation for the duplication experiment.
+"""Variants and hash-round evaluation for the duplication experiment.
 
 `experiments/duplication.py` is the command; these are its pieces: a config
 per variant ("full": `lsh` with one chunk, exact shared-QK attention; or
-"lsh-P": P hash rounds), training (resumed or reused), and accuracy on
+"lsh-P": P hash rounds) and accuracy on
 examples the training never drew, with new hashes for every batch.
 """
 
@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import checkpoints
 from experiments import tasks
 from experiments import train
 import models
@@ -32,16 +31,6 @@ def variant_config(config, variant: str):
   with config.unlocked():
     config.model.attention_options = options
   return config
-
-
-def trained_state(config, workdir: str):
-  """Trains (or resumes, or reuses) one run; its final training state."""
-  train.train_and_evaluate(config, workdir)
-  _, state = train.initial_state(config, train.make_optimizer(config))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          state)
-  mngr = checkpoints.manager(workdir, config.train.keep_checkpoints)
-  return checkpoints.restore_latest(mngr, abstract)
 
 
 def evaluate(config, state, num_batches: int):

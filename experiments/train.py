@@ -278,3 +278,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         f'{final["eval_accuracy"]:.3f}; checkpoints in {mngr.directory}, '
         f'metrics in {reporter.path}, plot {plot}', flush=True)
   return final
+
+
+def trained_state(config, workdir: str):
+  """Trains (or resumes, or reuses) one run; its final training state."""
+  train_and_evaluate(config, workdir)
+  _, state = initial_state(config, make_optimizer(config))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          state)
+  mngr = checkpoints.manager(workdir, config.train.keep_checkpoints)
+  return checkpoints.restore_latest(mngr, abstract)

@@ -5,7 +5,7 @@ from models.attention import redraw_projections
 from models.block import Block, Mlp
 from models.config import TransformerConfig
 from models.generate import generate, sample
-from models.transformer import DecoderLM, Encoder, EncoderDecoder
+from models.transformer import DecoderLM, Encoder, EncoderDecoder, reset_rows
 
 __all__ = [
     'Block',
@@ -18,5 +18,6 @@ __all__ = [
     'TransformerConfig',
     'generate',
     'redraw_projections',
+    'reset_rows',
     'sample',
 ]

@@ -8,6 +8,12 @@ the Reformer; Kitaev et al. 2020, arXiv 2001.04451), RoPE or ALiBi
 positions, logit soft-capping, and the attention itself by registry name:
 `attention='blockwise'`, `attention_options={'query_chunk_size': 256}`.
 
+Mechanisms that apply RoPE themselves (`rope_inside`: Infini-attention,
+whose memory must see content only, and Transformer-XL, which counts
+positions from its cache) get `rope_base` instead of rotated inputs. Their
+learned options (Infini-attention's per-head gate) are parameters here,
+`[options, N]`, zero at initialisation.
+
 Randomised mechanisms get their random option drawn once from the layer's
 `params` stream and kept as a `RandomProjection` variable: the Performer's
 feature projection, LSH's hashing key. It is not a `nnx.Param`, so
@@ -90,6 +96,9 @@ class MultiHeadAttention(nnx.Module):
     self.query_norm = self.key_norm if shared_qk else norm()
     self.projection = RandomProjection(
         self._draw(rngs.params())) if mechanism.draw_projection else None
+    self.learned = nnx.Param(jnp.zeros(
+        (len(mechanism.learned_options), num_heads), param_dtype)
+                             ) if mechanism.learned_options else None
 
   def _draw(self, rng):
     mechanism = self.mechanism
@@ -112,6 +121,10 @@ class MultiHeadAttention(nnx.Module):
       options['alibi_slopes'] = positional.alibi_slopes(self.num_heads)
     if self.projection is not None:
       options[self.mechanism.projection_option] = self.projection[...]
+    if self.position == 'rope' and self.mechanism.rope_inside:
+      options['rope_base'] = self.rope_base
+    for i, name in enumerate(self.mechanism.learned_options):
+      options[name] = self.learned[i]
     return options
 
   def _project(self, x, context, q_positions, k_positions):
@@ -125,7 +138,7 @@ class MultiHeadAttention(nnx.Module):
       query = self.query(x)
     if self.query_norm is not None:
       query, key = self.query_norm(query), self.key_norm(key)
-    if self.position == 'rope':
+    if self.position == 'rope' and not self.mechanism.rope_inside:
       query = positional.rope(query, q_positions, base=self.rope_base)
       key = positional.rope(key, k_positions, base=self.rope_base)
     return query, key, value

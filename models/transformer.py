@@ -16,6 +16,7 @@ is right padding).
 from __future__ import annotations
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 
 from attention import positional
@@ -102,6 +103,15 @@ class Stack(nnx.Module):
                              'layers': states}
 
 
+def reset_rows(cache, rows, empty):
+  """`cache` with the rows where `rows` (bool `[B]`) is True taken from
+  `empty` (`model.init_cache(B, max_length)`): they begin a new document at
+  position 0, whatever the mechanism's state holds."""
+  rows = jnp.asarray(rows, bool)
+  return jax.tree.map(lambda x, e: jnp.where(
+      rows.reshape((-1,) + (1,) * (x.ndim - 1)), e, x), cache, empty)
+
+
 class LMHead(nnx.Module):
   """Logits from hidden states: the tied embedding, or its own matrix."""
 
@@ -134,7 +144,14 @@ class DecoderLM(nnx.Module):
     return self.stack.init_cache(batch_size, max_length)
 
   def decode(self, cache, tokens, *, num_new=None):
-    """Logits `[B, L, V]` of L new tokens, and the updated cache."""
+    """Logits `[B, L, V]` of L new tokens, and the updated cache.
+
+    Streams a long input too: call it on consecutive chunks, carrying the
+    cache, and empty the rows that begin a new document with `reset_rows`.
+    Infini-attention and Transformer-XL keep a fixed-size state and run
+    whole segments in their parallel form when a chunk is a multiple of
+    the segment, so the cost per token does not grow with the stream.
+    """
     x, cache = self.stack.step(cache, tokens, num_new=num_new)
     return self.head(x), cache
 

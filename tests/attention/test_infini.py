@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from attention import infini
+from attention import infini_decoding
 from attention import positional
 
 B, T, N, K, H = 2, 37, 4, 2, 8
@@ -121,7 +122,7 @@ def test_delta_rule_writing_a_pair_twice_leaves_the_memory():
 
 def test_state_and_compiled_memory_do_not_grow_with_length():
   def temp_bytes(length):
-    spec = jax.ShapeDtypeStruct((1, length, 4, 64), jnp.float32)
+    spec = jax.ShapeDtypeStruct((2, length, 4, 64), jnp.float32)
     fn = jax.jit(functools.partial(infini.infini_attention,
                                    segment_size=1024))
     return fn.lower(spec, spec, spec).compile().memory_analysis(
@@ -173,3 +174,40 @@ def test_lengths_bfloat16_and_errors():
     fn(q, k, v, is_causal=False)
   with pytest.raises(ValueError, match='mask'):
     fn(q, k, v, mask=jnp.ones((T, T), bool))
+
+
+@pytest.mark.parametrize('update', ['delta', 'linear'])
+def test_decoding_equals_one_call_and_state_size_is_fixed(update):
+  q, k, v, g = inputs()
+  options = dict(segment_size=L, update=update, rope_base=100.0)
+  whole = infini.infini_attention(q, k, v, gate_logits=g, **options)
+  state = infini_decoding.init_state(B, K, H, segment_size=L)
+  step = jax.jit(functools.partial(infini_decoding.step, gate_logits=g,
+                                   **options))
+  shapes = jax.tree.map(jnp.shape, state)
+  # Whole segments from a segment's start: the parallel path.
+  out, state = step(state, q[:, :8], k[:, :8], v[:, :8])
+  np.testing.assert_allclose(out, whole[:, :8], atol=1e-5, rtol=1e-5)
+  q, k, v, whole = (x[:, 8:] for x in (q, k, v, whole))
+  # Calls that cross segment boundaries, rows of different lengths.
+  out, state = step(state, q[:, :13], k[:, :13], v[:, :13],
+                    num_new=jnp.array([13, 6]))
+  np.testing.assert_allclose(out[0], whole[0, :13], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(out[1, :6], whole[1, :6], atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(state.memory.position, [16, 8])
+  np.testing.assert_array_equal(state.fill, [5, 6])
+  q1, k1, v1 = (jnp.stack([x[0, 13:], x[1, 6:22]]) for x in (q, k, v))
+  out, state = step(state, q1, k1, v1)
+  np.testing.assert_allclose(out[0], whole[0, 13:], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(out[1], whole[1, 6:22], atol=1e-5, rtol=1e-5)
+  assert jax.tree.map(jnp.shape, state) == shapes
+  # Row 0: four full segments written, five tokens waiting.
+  q, k, v, _ = inputs()
+  _, memory = infini.scan_segments(q[:, :32], k[:, :32], v[:, :32], None, g,
+                                   **options)
+  np.testing.assert_array_equal(state.fill, [5, 6])
+  np.testing.assert_allclose(state.memory.matrix[0], memory.matrix[0],
+                             atol=1e-4, rtol=1e-5)
+  with pytest.raises(ValueError, match='differs from the state'):
+    infini_decoding.step(state, q1[:, :1], k1[:, :1], v1[:, :1],
+                         segment_size=16)

@@ -14,11 +14,14 @@ from tests.attention import cases
 # registered without an entry here fails test_every_mechanism_is_tested.
 CONFORMANCE = {
     'dot_product': {},
+    # Segments of 8 (4 tiles each): decoding writes the memory 4 times.
+    'infini': dict(segment_size=8, chunk_size=4),
     'blockwise': dict(query_chunk_size=16, key_chunk_size=5),
     'linear': dict(chunk_size=5),
     # One chunk: exact shared-QK attention (test_lsh.py tests the hashing).
     'lsh': dict(chunk_size=64, num_buckets=4),
     'performer': dict(chunk_size=5, num_features=32),
+    'xl': dict(segment_size=8, memory_length=5, chunk_size=4),
 }
 REFUSED_VALUES = dict(bias=jnp.zeros((1, 1, 37, 37)),
                       mask=jnp.ones((37, 37), bool), local_window_size=3,

@@ -3,6 +3,7 @@
 import pytest
 
 from experiments import duplication_eval as duplication
+from experiments import train
 from experiments.configs import duplication as duplication_config
 
 
@@ -32,10 +33,10 @@ def test_variants_change_only_the_hashing():
 def test_train_then_evaluate_with_other_hash_counts(tmp_path):
   config = tiny()
   train_config = duplication.variant_config(config, 'lsh-2')
-  state = duplication.trained_state(train_config, str(tmp_path / 'lsh-2'))
+  state = train.trained_state(train_config, str(tmp_path / 'lsh-2'))
   assert int(state['step']) == 4
   # Reused, not retrained, on a second call.
-  again = duplication.trained_state(train_config, str(tmp_path / 'lsh-2'))
+  again = train.trained_state(train_config, str(tmp_path / 'lsh-2'))
   assert int(again['step']) == 4
   results = {'lsh-2': {e: duplication.evaluate(
       duplication.variant_config(config, e), state, 2)

@@ -91,6 +91,9 @@ def test_decoder_lm_is_causal():
 
 
 DECODABLE = [n for n in attention.names() if attention.get(n).decodable]
+STREAMING_OPTIONS = {
+    'infini': (('chunk_size', 2), ('segment_size', 4)),
+    'xl': (('chunk_size', 2), ('memory_length', 3), ('segment_size', 4))}
 POSITIONS = ['rope', 'alibi', 'sinusoidal', 'learned', 'none']
 # ALiBi runs with a logit soft-cap here; mechanisms without logits refuse
 # both (test_mechanisms_refuse_alibi_and_soft_cap_by_name).
@@ -114,6 +117,8 @@ def test_incremental_decoding_equals_full_forward(mechanism, position):
   if mechanism == 'performer':
     c = dataclasses.replace(c, attention_options=(('chunk_size', 4),
                                                   ('num_features', 16)))
+  if mechanism in STREAMING_OPTIONS:  # Segments of 4: state updates.
+    c = dataclasses.replace(c, attention_options=STREAMING_OPTIONS[mechanism])
   model = models.DecoderLM(c, rngs=nnx.Rngs(0))
   x = tokens(T=12)
   full = model(x)

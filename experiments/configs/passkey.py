@@ -1,0 +1,39 @@
+"""Passkey retrieval (Mohtashami & Jaggi 2023, arXiv 2305.16300) for the
+long-context mechanisms: a five-digit key hidden in filler text and asked
+for at the end, trained at about 1k tokens. `experiments/passkey.py` trains
+Infini-attention, Transformer-XL and sliding-window attention with it and
+evaluates them at 4x, 16x and 64x the training length.
+
+  python -m experiments.main --config=experiments/configs/passkey.py \
+      --workdir=/tmp/passkey --config.model.attention=xl
+"""
+
+from experiments.configs import default
+
+SEGMENT = 256  # tokens per segment (Infini, XL) and the sliding window
+
+
+def get_config():
+  config = default.get_config()
+  config.data.source = 'passkey'
+  config.data.size = 960  # filler bytes: 1,041 tokens per example
+  config.data.max_length = 1 << 20  # unused: RoPE, no position table
+  config.model.attention = 'infini'
+  config.model.attention_options = {'segment_size': SEGMENT,
+                                    'chunk_size': SEGMENT}
+  config.model.num_layers = 2
+  config.model.model_dim = 128
+  config.model.num_heads = 2  # head dim 64: room in each H x H memory
+  config.model.num_kv_heads = 2
+  config.model.mlp_dim = 256
+  config.model.qk_norm = True
+  config.train.batch_size = 16
+  config.train.num_steps = 1200
+  config.train.max_seconds = 1e9  # the experiment runs all its steps
+  config.train.learning_rate = 3e-3
+  config.train.warmup_steps = 100
+  config.train.log_every = 50
+  config.train.eval_every = 200
+  config.train.eval_batches = 4
+  config.train.checkpoint_every = 200
+  return config
