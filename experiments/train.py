@@ -168,9 +168,12 @@ class Run:
     """Training batch of `step`: (inputs, targets, weights), sharded."""
     c, size = self.config, self.config.train.batch_size
     if c.data.source in tasks.TASKS:
-      return self._put(*tasks.batch(c.data.source, seed=c.seed,
-                                    start=step * size, batch_size=size,
-                                    size=c.data.size))
+      inputs, targets, weights = tasks.batch(
+          c.data.source, seed=c.seed, start=step * size, batch_size=size,
+          size=c.data.size)
+      if c.data.score_all_tokens:  # evaluation keeps the task's weights
+        weights = None
+      return self._put(inputs, targets, weights)
     return self._put(*data_lib.train_batch(
         self.corpus.train, seed=c.seed, step=step, batch_size=size,
         sequence_length=c.data.sequence_length))

@@ -21,6 +21,9 @@ def get_config():
   config.data.sequence_length = 256  # tokens (bytes) per text example
   config.data.size = 16  # task size: pairs, symbols, filler bytes, digits
   config.data.eval_size = 0  # task size for evaluation (0: same as size)
+  # Tasks: train on every next token, not only the answer's (evaluation
+  # still scores the answer only).
+  config.data.score_all_tokens = False
   config.data.max_length = 2048  # longest sequence (learned positions table)
 
   config.model = ml_collections.ConfigDict()

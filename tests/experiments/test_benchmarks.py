@@ -65,3 +65,18 @@ def test_context_benchmark(tmp_path):
   assert size['linear', 16] == size['linear', 64]  # O(1) in the context
   assert size['dot_product', 64] > 3 * size['dot_product', 16]
   assert all(r['tokens_per_s'] > 0 for r in rows)
+
+
+def test_stream_benchmark(tmp_path):
+  output = tmp_path / 'stream.json'
+  stdout = run('experiments.benchmark_stream', '--lengths=64,256',
+               '--segment=32', '--exact_up_to=64', '--heads=2',
+               '--kv_heads=1', '--head_dim=8', '--repeats=1',
+               f'--output={output}')
+  assert '| xl | 256 |' in stdout
+  rows = json.loads(output.read_text())['rows']
+  assert len(rows) == 4 + 3  # full causal blockwise up to 64 tokens only
+  temp = {(r['mechanism'], r['tokens']): r['temp_bytes'] for r in rows}
+  assert temp['infini', 64] == temp['infini', 256]  # constant in T
+  assert temp['xl', 64] == temp['xl', 256]
+  assert all(r['tokens_per_s'] > 0 for r in rows)

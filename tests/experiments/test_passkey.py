@@ -1,0 +1,67 @@
+"""The passkey experiment's pieces, end to end at a tiny size."""
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
+import pytest
+
+from experiments import passkey_eval as passkey
+from experiments import tasks
+from experiments import train
+from experiments.configs import passkey as passkey_config
+
+
+def tiny():
+  config = passkey_config.get_config()
+  config.data.size = 40  # filler bytes: 121 tokens per example
+  config.model.attention_options = {'segment_size': 32, 'chunk_size': 16}
+  config.model.model_dim, config.model.mlp_dim = 16, 32
+  config.train.batch_size, config.train.num_steps = 2, 3
+  config.train.warmup_steps, config.train.eval_batches = 1, 1
+  return config
+
+
+def test_variants_and_lengths():
+  config = tiny()
+  xl = passkey.variant_config(config, 'xl').model
+  assert xl.attention == 'xl' and xl.attention_options['memory_length'] == 32
+  window = passkey.variant_config(config, 'window').model
+  assert window.attention == 'blockwise'
+  assert tuple(window.attention_options['local_window_size']) == (32, 0)
+  assert config.model.attention == 'infini'  # not mutated
+  with pytest.raises(ValueError, match='variant must be one of'):
+    passkey.variant_config(config, 'lsh')
+  length = lambda m: len(tasks.passkey(np.random.default_rng(1),
+                                       passkey.filler_size(config, m))[0])
+  assert length(4) == 4 * length(1) and length(1) == 121
+
+
+def test_train_evaluate_and_table(tmp_path):
+  config = tiny()
+  results = {}
+  for variant in ('infini', 'window'):
+    variant_config = passkey.variant_config(config, variant)
+    state = train.trained_state(variant_config, str(tmp_path / variant))
+    assert int(state['step']) == 3
+    results[variant] = {m: passkey.evaluate(variant_config, state, m, 3)
+                        for m in (1, 4)}
+    for scores in results[variant].values():
+      assert 0.0 <= scores['key_accuracy'] <= scores['digit_accuracy'] <= 1
+  assert results['infini'][4]['tokens'] == 4 * 121
+  text = passkey.table(results, ['infini', 'window'], [1, 4])
+  assert text.splitlines()[0] == ('| trained at ~1k tokens | 1x (121 tokens) '
+                                  '| 4x (484 tokens) |')
+  assert text.splitlines()[3].startswith('| sliding window | ')
+
+
+def test_training_can_score_every_token():
+  mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
+  for score_all in (False, True):
+    config = tiny()
+    config.data.score_all_tokens = score_all
+    run = train.Run(config, None, None,
+                    NamedSharding(mesh, PartitionSpec('data')), None)
+    _, _, weights = run.batch(0)
+    assert bool((np.asarray(weights) == 1).all()) == score_all
+    _, _, weights = run.eval_batch(0)  # evaluation scores the key only
+    assert np.asarray(weights).sum() == 5 * config.train.batch_size
