@@ -230,11 +230,14 @@ def test_encoder_decoder_incremental_decoding_equals_full_forward():
                                rtol=1e-5)
 
 
-def test_decoding_cache_round_trips_through_orbax(tmp_path):
+@pytest.mark.parametrize('mechanism', ['blockwise', 'infini', 'xl'])
+def test_decoding_cache_round_trips_through_orbax(tmp_path, mechanism):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  model = models.DecoderLM(config(), rngs=nnx.Rngs(0))
+  model = models.DecoderLM(config(attention=mechanism, attention_options=(
+      STREAMING_OPTIONS.get(mechanism, BASE.attention_options))),
+                           rngs=nnx.Rngs(0))
   cache = model.init_cache(2, 16)
-  _, cache = model.decode(cache, tokens(T=5))
+  _, cache = model.decode(cache, tokens(T=5))  # Infini, XL: a full segment
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp_path / 'cache', cache)
   checkpointer.wait_until_finished()
