@@ -40,9 +40,12 @@ def variant_config(config, variant: str):
 
 
 def filler_size(config, multiple: int) -> int:
-  """Filler bytes that make an example `multiple` times the training one."""
+  """Filler bytes that make an example `multiple` times the longest
+  training one."""
   overhead = len(tasks.passkey(np.random.default_rng(0), 0)[0])
-  return multiple * (config.data.size + overhead) - overhead
+  longest = max([config.data.size] +
+                [size for _, size in config.data.size_schedule])
+  return multiple * (longest + overhead) - overhead
 
 
 def evaluate(config, state, multiple: int, num_examples: int,

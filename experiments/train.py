@@ -58,6 +58,10 @@ def validate_config(config: ml_collections.ConfigDict):
     checks.append((name, config[section][field] > 0, 'a positive integer'))
   checks.append(('train.learning_rate', config.train.learning_rate > 0,
                  'a positive number'))
+  checks.append(('data.size_schedule', all(
+      len(pair) == 2 and pair[0] >= 0 and pair[1] > 0
+      for pair in config.data.size_schedule),
+                 'pairs (from_step >= 0, size > 0)'))
   checks.append(('train.redraw_projections_every',
                  config.train.redraw_projections_every >= 0,
                  'a non-negative integer (0: never)'))
@@ -148,6 +152,15 @@ def _train_step(graphdef, tx, deterministic, redraw_every, state, inputs,
   return new_state, {'loss': loss, 'accuracy': accuracy}
 
 
+def task_size(config, step: int) -> int:
+  """The task size of training step `step` (`data.size_schedule`)."""
+  size = config.data.size
+  for start, later_size in sorted(config.data.size_schedule):
+    if step >= start:
+      size = later_size
+  return size
+
+
 @dataclasses.dataclass
 class Run:
   """What a training run holds besides its state."""
@@ -170,7 +183,7 @@ class Run:
     if c.data.source in tasks.TASKS:
       inputs, targets, weights = tasks.batch(
           c.data.source, seed=c.seed, start=step * size, batch_size=size,
-          size=c.data.size)
+          size=task_size(c, step))
       if c.data.score_all_tokens:  # evaluation keeps the task's weights
         weights = None
       return self._put(inputs, targets, weights)

@@ -24,6 +24,9 @@ def get_config():
   # Tasks: train on every next token, not only the answer's (evaluation
   # still scores the answer only).
   config.data.score_all_tokens = False
+  # Tasks: a curriculum, ((from_step, size), ...): from that step on, train
+  # at that task size instead of data.size.
+  config.data.size_schedule = ()
   config.data.max_length = 2048  # longest sequence (learned positions table)
 
   config.model = ml_collections.ConfigDict()

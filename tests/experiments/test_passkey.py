@@ -13,7 +13,9 @@ from experiments.configs import passkey as passkey_config
 
 def tiny():
   config = passkey_config.get_config()
-  config.data.size = 40  # filler bytes: 121 tokens per example
+  # Filler bytes: 20 for steps 0 and 1, then 40 (121 tokens per example).
+  config.data.size, config.data.size_schedule = 20, ((2, 40),)
+  config.data.eval_size = 40
   config.model.attention_options = {'segment_size': 32, 'chunk_size': 16}
   config.model.model_dim, config.model.mlp_dim = 16, 32
   config.train.batch_size, config.train.num_steps = 2, 3
@@ -52,6 +54,15 @@ def test_train_evaluate_and_table(tmp_path):
   assert text.splitlines()[0] == ('| trained at ~1k tokens | 1x (121 tokens) '
                                   '| 4x (484 tokens) |')
   assert text.splitlines()[3].startswith('| sliding window | ')
+
+
+def test_curriculum_sizes_and_their_validation():
+  config = tiny()
+  assert [train.task_size(config, step) for step in range(4)] == [
+      20, 20, 40, 40]
+  config.data.size_schedule = ((5, 0),)
+  with pytest.raises(ValueError, match='data.size_schedule'):
+    train.validate_config(config)
 
 
 def test_training_can_score_every_token():
