@@ -81,10 +81,9 @@ def main(argv):
     for name in _MECHANISMS.value:
       if name == 'blockwise' and T > _EXACT_UP_TO.value:
         continue
-      fn = forward(name, _SEGMENT.value)
-      temp[name] = fn.lower(q, k, v).compile().memory_analysis(
-          ).temp_size_in_bytes
-      thunks[name] = functools.partial(fn, q, k, v)
+      compiled = forward(name, _SEGMENT.value).lower(q, k, v).compile()
+      temp[name] = compiled.memory_analysis().temp_size_in_bytes
+      thunks[name] = functools.partial(compiled, q, k, v)
     timing.warm_up(thunks)
     for name, seconds in timing.median_seconds(thunks,
                                                _REPEATS.value).items():
