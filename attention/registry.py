@@ -30,9 +30,9 @@ class Mechanism:
   variable and can redraw it. `rope_inside`: the mechanism takes content
   queries and keys and applies RoPE itself (option `rope_base`), at
   positions it knows (from a segment's start, say); models then pass the
-  base instead of rotating. `learned_options`: options that models learn,
-  one float per query head, zero at initialisation (Infini-attention's
-  `gate_logits`).
+  base instead of rotating. `learned_options`: `(option, initial value)`
+  pairs of options that models learn, one float per query head
+  (Infini-attention's `gate_logits`).
   """
 
   name: str
@@ -45,7 +45,7 @@ class Mechanism:
   draw_projection: Callable[..., Any] | None = None
   projection_option: str = 'projection'
   rope_inside: bool = False
-  learned_options: tuple[str, ...] = ()
+  learned_options: tuple[tuple[str, float], ...] = ()
 
   @property
   def decodable(self) -> bool:
@@ -68,7 +68,7 @@ def register(name: str, fn: Callable[..., Any], *, init_state=None,
   _REGISTRY[name] = Mechanism(name, fn, tuple(sorted(defaults.items())),
                               init_state, step, exact, tuple(refuses),
                               draw_projection, projection_option, rope_inside,
-                              tuple(learned_options))
+                              tuple(map(tuple, learned_options)))
   return fn
 
 

@@ -12,7 +12,7 @@ Mechanisms that apply RoPE themselves (`rope_inside`: Infini-attention,
 whose memory must see content only, and Transformer-XL, which counts
 positions from its cache) get `rope_base` instead of rotated inputs. Their
 learned options (Infini-attention's per-head gate) are parameters here,
-`[options, N]`, zero at initialisation.
+`[options, N]`, starting at the value the mechanism registered.
 
 Randomised mechanisms get their random option drawn once from the layer's
 `params` stream and kept as a `RandomProjection` variable: the Performer's
@@ -96,9 +96,10 @@ class MultiHeadAttention(nnx.Module):
     self.query_norm = self.key_norm if shared_qk else norm()
     self.projection = RandomProjection(
         self._draw(rngs.params())) if mechanism.draw_projection else None
-    self.learned = nnx.Param(jnp.zeros(
-        (len(mechanism.learned_options), num_heads), param_dtype)
-                             ) if mechanism.learned_options else None
+    initial = [value for _, value in mechanism.learned_options]
+    self.learned = nnx.Param(jnp.broadcast_to(
+        jnp.asarray(initial, param_dtype)[:, None], (len(initial), num_heads))
+                             ) if initial else None
 
   def _draw(self, rng):
     mechanism = self.mechanism
@@ -123,7 +124,7 @@ class MultiHeadAttention(nnx.Module):
       options[self.mechanism.projection_option] = self.projection[...]
     if self.position == 'rope' and self.mechanism.rope_inside:
       options['rope_base'] = self.rope_base
-    for i, name in enumerate(self.mechanism.learned_options):
+    for i, (name, _) in enumerate(self.mechanism.learned_options):
       options[name] = self.learned[i]
     return options
 

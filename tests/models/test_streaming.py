@@ -70,6 +70,11 @@ def test_reset_starts_a_new_document(mechanism):
 
 def test_memory_is_content_only_and_the_gate_is_learned():
   """RoPE is the mechanism's: rotating inputs would give other outputs."""
+  fresh = models.DecoderLM(models.TransformerConfig(
+      vocab_size=50, model_dim=32, num_layers=1, num_heads=4,
+      attention='infini'), rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(
+      fresh.stack.blocks[0].attention.learned[...], -3.0)  # g = 0.05
   model = model_for('infini')
   layer = model.stack.blocks[0].attention
   assert layer.learned[...].shape == (1, 4)
