@@ -3,8 +3,9 @@ Transformer-XL and sliding-window attention (`experiments/configs/passkey.py`).
 
 Trains each mechanism on about 1k-token examples (a five-digit key hidden
 in filler text, asked for at the end; Mohtashami & Jaggi 2023, arXiv
-2305.16300), then evaluates it on examples 1x, 4x, 16x and 64x as long,
-each a forward pass over the whole example (which equals streaming it
+2305.16300), then evaluates it on examples of the first curriculum size
+and 1x, 4x, 16x and 64x as long as the longest training ones, each a
+forward pass over the whole example (which equals streaming it
 segment by segment: tests/models/test_streaming.py). Prints a markdown
 table of the share of examples whose five digits are all predicted right
 (teacher forced), and in brackets the share of digits.
@@ -49,19 +50,20 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   config, results = _CONFIG.value, {}
-  multiples = [int(m) for m in _MULTIPLES.value]
+  lengths = passkey_eval.columns(config, [int(m) for m in _MULTIPLES.value])
   for variant in _VARIANTS.value:
     variant_cfg = passkey_eval.variant_config(config, variant)
     state = train.trained_state(variant_cfg,
                                 os.path.join(_WORKDIR.value, variant))
     results[variant] = {}
-    for m in multiples:
+    for label, filler in lengths.items():
       start = time.perf_counter()
-      results[variant][m] = passkey_eval.evaluate(variant_cfg, state, m,
-                                                  _EXAMPLES.value)
-      print(f'{variant} at {m}x: {results[variant][m]} '
+      results[variant][label] = passkey_eval.evaluate(
+          variant_cfg, state, filler, _EXAMPLES.value)
+      print(f'{variant} at {label}: {results[variant][label]} '
             f'({time.perf_counter() - start:.0f} s)', flush=True)
-  print(passkey_eval.table(results, _VARIANTS.value, multiples), flush=True)
+  print(passkey_eval.table(results, _VARIANTS.value, list(lengths)),
+        flush=True)
   if _OUTPUT.value:
     with open(_OUTPUT.value, 'w') as f:
       json.dump({'config': config.to_dict(), 'results': results}, f,

@@ -48,9 +48,19 @@ def filler_size(config, multiple: int) -> int:
   return multiple * (longest + overhead) - overhead
 
 
-def evaluate(config, state, multiple: int, num_examples: int,
+def columns(config, multiples) -> dict[str, int]:
+  """Filler bytes of each evaluated length: the first training size (when
+  training is a curriculum) and `multiples` of the longest one."""
+  lengths = {}
+  if config.data.size_schedule:
+    lengths['first size'] = config.data.size
+  lengths.update({f'{m}x': filler_size(config, m) for m in multiples})
+  return lengths
+
+
+def evaluate(config, state, filler: int, num_examples: int,
              batch_size: int = 4):
-  """All-digits and per-digit accuracy at `multiple` x the training length."""
+  """All-digits and per-digit accuracy with `filler` bytes of filler."""
   graphdef, _ = train.initial_state(config, train.make_optimizer(config))
 
   @jax.jit
@@ -64,7 +74,7 @@ def evaluate(config, state, multiple: int, num_examples: int,
     inputs, targets, weights = tasks.batch(
         'passkey', seed=config.seed + 1, start=start,
         batch_size=min(batch_size, num_examples - start),
-        size=filler_size(config, multiple))
+        size=filler)
     assert (weights[:, -KEY_DIGITS:] > 0).all() and weights.sum() == (
         KEY_DIGITS * len(weights))
     digits.append(np.asarray(correct(state['params'], state['rest'],
@@ -75,17 +85,17 @@ def evaluate(config, state, multiple: int, num_examples: int,
           'tokens': int(inputs.shape[1]) + 1}  # the example's length
 
 
-def table(results, variants, multiples) -> str:
+def table(results, variants, labels) -> str:
   """Markdown: whole-key accuracy (digit accuracy) per variant and length."""
   names = {'infini': 'Infini-attention', 'xl': 'Transformer-XL',
            'window': 'sliding window'}
   first = results[variants[0]]
-  lines = ['| trained at ~1k tokens | ' + ' | '.join(
-      f'{m}x ({first[m]["tokens"]:,} tokens)' for m in multiples) + ' |',
-           '|---|' + '---|' * len(multiples)]
+  lines = ['| trained up to ~1k tokens | ' + ' | '.join(
+      f'{label} ({first[label]["tokens"]:,} tokens)' for label in labels) +
+           ' |', '|---|' + '---|' * len(labels)]
   for v in variants:
-    cells = [f'{100 * results[v][m]["key_accuracy"]:.0f}% '
-             f'({100 * results[v][m]["digit_accuracy"]:.0f}%)'
-             for m in multiples]
+    cells = [f'{100 * results[v][label]["key_accuracy"]:.0f}% '
+             f'({100 * results[v][label]["digit_accuracy"]:.0f}%)'
+             for label in labels]
     lines.append(f'| {names[v]} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)

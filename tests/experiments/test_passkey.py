@@ -41,18 +41,22 @@ def test_variants_and_lengths():
 def test_train_evaluate_and_table(tmp_path):
   config = tiny()
   results = {}
+  lengths = passkey.columns(config, [1, 4])
+  assert lengths == {'first size': 20, '1x': 40, '4x': 4 * 121 - 81}
   for variant in ('infini', 'window'):
     variant_config = passkey.variant_config(config, variant)
     state = train.trained_state(variant_config, str(tmp_path / variant))
     assert int(state['step']) == 3
-    results[variant] = {m: passkey.evaluate(variant_config, state, m, 3)
-                        for m in (1, 4)}
+    results[variant] = {label: passkey.evaluate(variant_config, state,
+                                                filler, 3)
+                        for label, filler in lengths.items()}
     for scores in results[variant].values():
       assert 0.0 <= scores['key_accuracy'] <= scores['digit_accuracy'] <= 1
-  assert results['infini'][4]['tokens'] == 4 * 121
-  text = passkey.table(results, ['infini', 'window'], [1, 4])
-  assert text.splitlines()[0] == ('| trained at ~1k tokens | 1x (121 tokens) '
-                                  '| 4x (484 tokens) |')
+  assert results['infini']['4x']['tokens'] == 4 * 121
+  text = passkey.table(results, ['infini', 'window'], list(lengths))
+  assert text.splitlines()[0] == (
+      '| trained up to ~1k tokens | first size (101 tokens) '
+      '| 1x (121 tokens) | 4x (484 tokens) |')
   assert text.splitlines()[3].startswith('| sliding window | ')
 
 
