@@ -43,8 +43,10 @@ def definition(q, k, v, *, L, M, rope_base=None, stop_gradient=True):
 
 
 @pytest.mark.parametrize('L,M,chunk,rope_base', [
-    (8, 5, 4, None), (8, 16, 3, 100.0), (5, 12, 7, None), (64, 0, 16, None),
-    (6, 0, 4, 10000.0)])
+    (8, 5, 4, None), (8, 16, 3, 100.0),
+    pytest.param(5, 12, 7, None, marks=pytest.mark.slow),
+    pytest.param(64, 0, 16, None, marks=pytest.mark.slow),
+    pytest.param(6, 0, 4, 10000.0, marks=pytest.mark.slow)])
 def test_equals_the_definition_outputs_and_gradients(L, M, chunk, rope_base):
   q, k, v = inputs()
   options = dict(L=L, M=M, rope_base=rope_base)
