@@ -16,6 +16,7 @@ per head, and the state is O(K H (H + segment_size)) whatever the length.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -28,6 +29,7 @@ from attention import kv_cache
 from attention import positional
 from attention import reference
 from attention import registry
+from attention import segment_steps
 
 
 class State(NamedTuple):
@@ -67,7 +69,7 @@ def _local(state: State, query_B1NH, scale, rope_base):
                                          mask=seen_B11L, scale=scale)
 
 
-def _token(state: State, query, key, value, real_B, gate, *, update, scale,
+def _token(state: State, query, key, value, real_B, *, gate, update, scale,
            rope_base):
   """One token per row (`[B, 1, ...]`); rows with `real` False keep state."""
   B, _, N, H = query.shape
@@ -114,38 +116,25 @@ def step(state: State, query, key, value, *, num_new=None, gate_logits=None,
     generation.
   """
   del unused_options
-  B, L, N, H = query.shape
-  segment = state.key.shape[1]
+  N, segment = query.shape[2], state.key.shape[1]
   if segment_size is not None and segment_size != segment:
     raise ValueError(f'segment_size={segment_size} differs from the '
                      f'state\'s segment of {segment} tokens')
   gate = infini.check_options(update, segment, gate_logits, N)
   args = arguments.parse_step('infini_attention', query, key, value,
                               scale=scale)
-  num_new = jnp.full((B,), L, jnp.int32) if num_new is None else num_new
-  real_LB = jnp.arange(L)[:, None] < num_new[None, :]
+  token = functools.partial(_token, gate=gate, update=update,
+                            scale=args.scale, rope_base=rope_base)
 
-  def body(state, xs):
-    q, k, v, real = (x[:, None] if x.ndim > 1 else x for x in xs)
-    out, state = _token(state, q, k, v, real, gate, update=update,
-                        scale=args.scale, rope_base=rope_base)
-    return state, out[:, 0]
-
-  def tokenwise(state):
-    xs = tuple(jnp.swapaxes(x, 0, 1) for x in (query, key, value))
-    state, out_LBNH = lax.scan(body, state, xs + (real_LB,))
-    return jnp.swapaxes(out_LBNH, 0, 1), state
-
-  def whole(state):
+  def whole(state, query, key, value):
     out, memory = infini.scan_segments(
         query, key, value, state.memory, gate, segment_size=segment,
         update=update, scale=args.scale, rope_base=rope_base,
         chunk_size=chunk_size)
     return out, state._replace(memory=memory)
 
-  if num_new is not None or L % segment:
-    return tokenwise(state)
-  return lax.cond(jnp.all(state.fill == 0), whole, tokenwise, state)
+  return segment_steps.step(state, query, key, value, num_new=num_new,
+                            segment_size=segment, token=token, whole=whole)
 
 
 # Models start with g = sigmoid(-3) = 0.05, the memory nearly shut: with

@@ -24,6 +24,7 @@ the same outputs token by token.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -36,6 +37,7 @@ from attention import kv_cache
 from attention import positional
 from attention import reference
 from attention import registry
+from attention import segment_steps
 
 _REFUSED_WHY = 'segments attend causally to themselves and their cache'
 
@@ -240,32 +242,19 @@ def step(state: State, query, key, value, *, num_new=None, scale=None,
     time (a `lax.scan`), as in generation.
   """
   del unused_options
-  B, L = query.shape[:2]
   W, M = state.key.shape[1], memory_length
   if M + segment_size != W:
     raise ValueError(f'segment_size={segment_size} and memory_length={M} '
                      f'do not match the state\'s {W} slots')
   args = arguments.parse_step('xl_attention', query, key, value, scale=scale)
-  num_new = jnp.full((B,), L, jnp.int32) if num_new is None else num_new
-  real_LB = jnp.arange(L)[:, None] < num_new[None, :]
-
-  def body(state, xs):
-    q, k, v, real = (x[:, None] if x.ndim > 1 else x for x in xs)
-    out, state = _token(state, q, k, v, real, M=M, scale=args.scale,
-                        rope_base=rope_base)
-    return state, out[:, 0]
-
-  def tokenwise(state):
-    xs = tuple(jnp.swapaxes(x, 0, 1) for x in (query, key, value))
-    state, out_LBNH = lax.scan(body, state, xs + (real_LB,))
-    return jnp.swapaxes(out_LBNH, 0, 1), state
-
-  if num_new is not None or L % segment_size:
-    return tokenwise(state)
-  whole = lambda state: _whole_segments(
-      state, query, key, value, M=M, scale=args.scale, rope_base=rope_base,
-      stop_gradient=stop_gradient, chunk_size=chunk_size)
-  return lax.cond(jnp.all(state.fill == 0), whole, tokenwise, state)
+  token = functools.partial(_token, M=M, scale=args.scale,
+                            rope_base=rope_base)
+  whole = functools.partial(_whole_segments, M=M, scale=args.scale,
+                            rope_base=rope_base, stop_gradient=stop_gradient,
+                            chunk_size=chunk_size)
+  return segment_steps.step(state, query, key, value, num_new=num_new,
+                            segment_size=segment_size, token=token,
+                            whole=whole)
 
 
 registry.register('xl', xl_attention, init_state=init_state, step=step,
