@@ -60,7 +60,10 @@ def test_bad_config_values_are_named(text_file, field, value, message):
     train.validate_config(tiny_config(text_file, **{field: value}))
 
 
-@pytest.mark.parametrize('mechanism', attention.names())
+# Infini and XL train in the default suite through test_passkey.py.
+@pytest.mark.parametrize('mechanism', [
+    pytest.param(m, marks=pytest.mark.slow) if m in ('infini', 'xl') else m
+    for m in attention.names()])
 def test_short_training_run_for_each_mechanism(text_file, tmp_path,
                                                mechanism):
   config = tiny_config(text_file, **{'model.attention': mechanism})
