@@ -79,6 +79,15 @@ def addition(rng, size):
 
 TASKS = {'mqar': mqar, 'copy': copy, 'passkey': passkey, 'parity': parity,
          'addition': addition}
+# The sizes each task can make, (smallest, largest or None): mqar draws its
+# keys from 96 symbols without replacement; addition's sum must fit int64.
+SIZES = {'mqar': (1, 96), 'copy': (1, None), 'passkey': (1, None),
+         'parity': (1, None), 'addition': (1, 18)}
+
+
+def length(task: str, size: int) -> int:
+  """Tokens a model reads per example of `task` at `size`."""
+  return len(TASKS[task](np.random.default_rng(0), size)[0]) - 1
 
 
 def batch(task: str, *, seed: int, start: int, batch_size: int, size: int):

@@ -33,50 +33,10 @@ from experiments import checkpoints
 from experiments import data as data_lib
 from experiments import reporting
 from experiments import tasks
+from experiments import validation
 import models
 
-SCHEDULES = ('cosine', 'rsqrt')
-SOURCES = ('stdlib', 'file') + tuple(tasks.TASKS)
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def validate_config(config: ml_collections.ConfigDict):
-  """Raises ValueError naming the first bad field and its allowed values."""
-  checks = [
-      ('model.attention', config.model.attention in attention.names(),
-       attention.names()),
-      ('train.schedule', config.train.schedule in SCHEDULES, SCHEDULES),
-      ('train.compute_dtype', config.train.compute_dtype in DTYPES,
-       tuple(DTYPES)),
-      ('data.source', config.data.source in SOURCES, SOURCES),
-  ]
-  for name in ('train.batch_size', 'train.num_steps', 'train.log_every',
-               'train.eval_every', 'train.eval_batches',
-               'train.checkpoint_every', 'train.keep_checkpoints',
-               'data.sequence_length', 'train.warmup_steps'):
-    section, field = name.split('.')
-    checks.append((name, config[section][field] > 0, 'a positive integer'))
-  checks.append(('train.learning_rate', config.train.learning_rate > 0,
-                 'a positive number'))
-  checks.append(('data.size_schedule', all(
-      len(pair) == 2 and pair[0] >= 0 and pair[1] > 0
-      for pair in config.data.size_schedule),
-                 'pairs (from_step >= 0, size > 0)'))
-  checks.append(('train.redraw_projections_every',
-                 config.train.redraw_projections_every >= 0,
-                 'a non-negative integer (0: never)'))
-  checks.append(('train.warmup_steps',
-                 config.train.warmup_steps < config.train.num_steps,
-                 f'fewer than train.num_steps={config.train.num_steps}'))
-  checks.append(('train.batch_size', config.train.batch_size %
-                 jax.device_count() == 0,
-                 f'a multiple of the {jax.device_count()} devices'))
-  for name, ok, allowed in checks:
-    if not ok:
-      section, field = name.split('.')
-      raise ValueError(f'config.{name} = {config[section][field]!r} is not '
-                       f'allowed; expected {allowed}')
-  _model_config(config)  # TransformerConfig validates the model fields.
 
 
 def _model_config(config) -> models.TransformerConfig:
@@ -224,19 +184,30 @@ def initial_state(config, tx):
   return graphdef, state
 
 
+def prepare(config) -> data_lib.Corpus | None:
+  """Validates `config` and its data before anything is compiled.
+
+  Returns:
+    The text corpus, or None for a synthetic task.
+  """
+  validation.validate_config(config)
+  if config.data.source in tasks.TASKS:
+    return None
+  corpus = data_lib.load(config.data.source, config.data.path,
+                         config.data.validation_fraction)
+  validation.validate_corpus(config, corpus)
+  return corpus
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains, evaluates and checkpoints; resumes from `workdir` if it can.
 
   Returns:
     The final evaluation metrics (dict).
   """
-  validate_config(config)
+  corpus = prepare(config)
   os.makedirs(workdir, exist_ok=True)
   t = config.train
-  corpus = None
-  if config.data.source not in tasks.TASKS:
-    corpus = data_lib.load(config.data.source, config.data.path,
-                           config.data.validation_fraction)
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated = NamedSharding(mesh, PartitionSpec())
   tx = make_optimizer(config)

@@ -15,6 +15,10 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
+
+from models.transformer import check_range
+from models.transformer import concrete
 
 TRACES = {'count': 0}  # Incremented on each trace of the compiled loop.
 
@@ -25,6 +29,8 @@ def sample(logits_BV, rng, *, temperature=0.0, top_k=None, top_p=None):
   temperature 0 is greedy; top_k keeps the k largest logits; top_p keeps
   the smallest set of largest-probability tokens whose mass reaches p.
   """
+  check_sampling(logits_BV.shape[-1], temperature=temperature, top_k=top_k,
+                 top_p=top_p)
   if temperature == 0.0:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
   logits_BV = logits_BV.astype(jnp.float32) / temperature
@@ -39,6 +45,25 @@ def sample(logits_BV, rng, *, temperature=0.0, top_k=None, top_p=None):
     threshold = jnp.min(kept, axis=-1, keepdims=True)
     logits_BV = jnp.where(logits_BV < threshold, -jnp.inf, logits_BV)
   return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def check_sampling(vocab_size: int, *, temperature, top_k, top_p):
+  """Raises ValueError for sampling settings that cannot be honoured."""
+  if not (isinstance(temperature, (int, float)) and
+          0 <= temperature < float('inf')):
+    raise ValueError(f'temperature must be a number >= 0 (0: greedy), got '
+                     f'{temperature!r}')
+  if top_k is not None and not (_is_int(top_k) and 1 <= top_k <= vocab_size):
+    raise ValueError(f'top_k must be None or an int in [1, vocab size '
+                     f'{vocab_size}], got {top_k!r}')
+  if top_p is not None and not (isinstance(top_p, (int, float)) and
+                                0 < top_p <= 1):
+    raise ValueError(f'top_p must be None or a number in (0, 1], got '
+                     f'{top_p!r} (top_p <= 0 would keep no token)')
 
 
 def _write_at(buffer_BT, token_B, index_B):
@@ -95,33 +120,66 @@ def generate(model, prompts, prompt_lengths=None, *, max_new_tokens: int,
   Args:
     model: a `DecoderLM` (anything with `init_cache` and `decode`).
     prompts: int `[B, P]`, right-padded.
-    prompt_lengths: optional int `[B]` (default P), each at least 1.
-    max_new_tokens: tokens to generate at most.
+    prompt_lengths: optional int `[B]` (default P), each in `[1, P]`.
+    max_new_tokens: tokens to generate at most (an int >= 0).
     rng: PRNG key for sampling (needed unless temperature is 0).
-    temperature, top_k, top_p: sampling; temperature 0 is greedy.
+    temperature, top_k, top_p: sampling; temperature 0 is greedy, top_k in
+      `[1, vocab_size]`, top_p in `(0, 1]`.
     eos_id: a row stops after producing this token.
     max_length: cache size (default `P + max_new_tokens`).
+
+  Raises:
+    ValueError: naming the argument, for an empty prompt, prompt lengths
+      outside `[1, P]`, prompt tokens outside the vocabulary (padding past
+      a row's length may hold anything), or settings above out of range.
 
   Returns:
     `(tokens [B, P + max_new_tokens], lengths [B])`: each row's prompt
     followed by its generated tokens, zero after `lengths[b]`.
   """
   prompts = jnp.asarray(prompts, jnp.int32)
-  if prompts.ndim != 2:
-    raise ValueError(f'prompts must be [B, P], got shape {prompts.shape}')
+  if prompts.ndim != 2 or 0 in prompts.shape:
+    raise ValueError('prompts must be int [B, P] with B, P >= 1, got shape '
+                     f'{prompts.shape}')
   B, P = prompts.shape
-  max_length = max_length or P + max_new_tokens
-  if P + max_new_tokens > max_length:
-    raise ValueError(f'prompt length {P} + max_new_tokens {max_new_tokens} '
-                     f'exceeds the cache: max_length={max_length}')
-  if temperature < 0 or (temperature > 0 and rng is None):
-    raise ValueError('temperature must be >= 0, and > 0 needs an rng')
+  if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
+    raise ValueError(f'max_new_tokens must be an int >= 0, got '
+                     f'{max_new_tokens!r}')
+  if max_length is None:
+    max_length = P + max_new_tokens
+  if not _is_int(max_length) or P + max_new_tokens > max_length:
+    raise ValueError(f'max_length={max_length!r} (the cache) must be an int '
+                     f'of at least the prompt length {P} + max_new_tokens '
+                     f'{max_new_tokens}')
+  vocab_size = getattr(getattr(model, 'config', None), 'vocab_size', None)
+  check_sampling(vocab_size or 2**31 - 1, temperature=temperature,
+                 top_k=top_k, top_p=top_p)
+  if temperature > 0 and rng is None:
+    raise ValueError('temperature > 0 samples: give an rng')
+  if eos_id is not None and not (_is_int(eos_id) and 0 <= eos_id < (
+      vocab_size or 2**31 - 1)):
+    raise ValueError(f'eos_id must be None or a token id, got {eos_id!r}')
   if prompt_lengths is None:
     prompt_lengths = jnp.full((B,), P, jnp.int32)
+  prompt_lengths = jnp.asarray(prompt_lengths)
+  if prompt_lengths.shape != (B,) or not jnp.issubdtype(
+      prompt_lengths.dtype, jnp.integer):
+    raise ValueError(f'prompt_lengths must be int [B] = ({B},), got '
+                     f'{prompt_lengths.dtype} {prompt_lengths.shape}')
+  lengths = concrete(prompt_lengths)
+  if lengths is not None and ((lengths < 1) | (lengths > P)).any():
+    raise ValueError(f'prompt_lengths must lie in [1, P={P}] (each prompt '
+                     f'has a token to continue), got {lengths.tolist()}')
+  prompt_lengths = prompt_lengths.astype(jnp.int32)
+  real = jnp.arange(P)[None, :] < prompt_lengths[:, None]
+  tokens = concrete(prompts)
+  if vocab_size is not None and tokens is not None and lengths is not None:
+    check_range('prompt tokens', tokens[np.asarray(real)], vocab_size,
+                'vocab_size')
+  prompts = jnp.where(real, prompts, 0)  # padding never reaches the model
   rng = jax.random.key(0) if rng is None else rng
   graphdef, state = nnx.split(model)
-  return _generate(graphdef, state, prompts,
-                   jnp.asarray(prompt_lengths, jnp.int32), rng,
+  return _generate(graphdef, state, prompts, prompt_lengths, rng,
                    max_new_tokens=max_new_tokens, max_length=max_length,
                    temperature=float(temperature), top_k=top_k, top_p=top_p,
                    eos_id=eos_id)

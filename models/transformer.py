@@ -18,6 +18,7 @@ from __future__ import annotations
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attention import positional
 from models.block import Block, make_norm
@@ -25,7 +26,17 @@ from models.config import TransformerConfig
 
 
 class Embedding(nnx.Module):
-  """Token embeddings plus absolute positions (sinusoidal or learned)."""
+  """Token embeddings plus absolute positions (sinusoidal or learned).
+
+  Token ids must lie in `[0, vocab_size)` and learned positions in
+  `[0, max_length)`. Concrete inputs out of range raise `ValueError`.
+  Under `jit` the values are not known when tracing: an out-of-range id or
+  position (negative ones included) then embeds as NaN, never as a silently
+  wrapped or clipped row of the table. The logits at that position are NaN,
+  and so may be others of that row of the batch (later ones attend to it;
+  earlier ones too where a masked key meets its query in a tile's matmul,
+  0 x NaN = NaN); other rows of the batch are unaffected.
+  """
 
   def __init__(self, config: TransformerConfig, rngs: nnx.Rngs):
     self.config = config
@@ -37,14 +48,42 @@ class Embedding(nnx.Module):
     self.dropout = nnx.Dropout(config.dropout_rate, rngs=rngs)
 
   def __call__(self, tokens, positions, deterministic=True):
-    x = self.tokens(tokens)
+    x = _lookup(self.tokens, tokens, 'token ids', 'vocab_size')
     if self.config.position == 'sinusoidal':
       x = x * jnp.sqrt(self.config.model_dim).astype(x.dtype)
       x = x + positional.sinusoidal(positions, self.config.model_dim).astype(
           x.dtype)
     elif self.config.position == 'learned':
-      x = x + self.positions(positions)
+      x = x + _lookup(self.positions, positions, 'positions', 'max_length')
     return self.dropout(x, deterministic=deterministic)
+
+
+def concrete(x):
+  """`x` as a NumPy array, or None while it is being traced."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    return None
+
+
+def check_range(name: str, values, size: int, size_name: str):
+  """Raises ValueError unless concrete `values` all lie in `[0, size)`."""
+  found = concrete(values)
+  if found is not None and found.size and (found.min() < 0 or
+                                           found.max() >= size):
+    bad = found[(found < 0) | (found >= size)]
+    raise ValueError(
+        f'{name} must lie in [0, {size_name}={size}), got {bad.size} outside '
+        f'it (from {bad.min()} to {bad.max()})')
+
+
+def _lookup(table: nnx.Embed, ids, name: str, size_name: str):
+  """Rows of `table`; ids out of range raise, or give NaN under jit."""
+  size = table.num_embeddings
+  check_range(name, ids, size, size_name)
+  # jnp.take fills out-of-bound rows with NaN but wraps negative ids.
+  return table(jnp.where((ids >= 0) & (ids < size), ids, size))
 
 
 def _positions(tokens, start=None):

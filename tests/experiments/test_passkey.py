@@ -8,6 +8,7 @@ import pytest
 from experiments import passkey_eval as passkey
 from experiments import tasks
 from experiments import train
+from experiments import validation
 from experiments.configs import passkey as passkey_config
 
 
@@ -66,7 +67,7 @@ def test_curriculum_sizes_and_their_validation():
       20, 20, 40, 40]
   config.data.size_schedule = ((5, 0),)
   with pytest.raises(ValueError, match='data.size_schedule'):
-    train.validate_config(config)
+    validation.validate_config(config)
 
 
 def test_training_can_score_every_token():

@@ -48,18 +48,6 @@ def fixture_text_file(tmp_path):
   return path
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('model.attention', 'flash', 'model.attention'),
-    ('train.schedule', 'linear', "train.schedule = 'linear'"),
-    ('train.batch_size', 0, 'train.batch_size'),
-    ('train.warmup_steps', 10, 'fewer than train.num_steps'),
-    ('model.position', 'xpos', 'position must be one of'),
-])
-def test_bad_config_values_are_named(text_file, field, value, message):
-  with pytest.raises(ValueError, match=message):
-    train.validate_config(tiny_config(text_file, **{field: value}))
-
-
 # Infini and XL train in the default suite through test_passkey.py.
 @pytest.mark.parametrize('mechanism', [
     pytest.param(m, marks=pytest.mark.slow) if m in ('infini', 'xl') else m

@@ -203,7 +203,7 @@ def test_bad_input_errors():
   with pytest.raises(ValueError, match="position must be one of"):
     config(position='xpos')
   model = models.DecoderLM(config(), rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match='exceeds the cache'):
+  with pytest.raises(ValueError, match=r'max_length=16 \(the cache\) must be'):
     models.generate(model, tokens(T=10), max_new_tokens=8, max_length=16)
   cache = attention.get('blockwise').init_state(2, 2, 8, max_length=16)
   q = jnp.ones((2, 1, 4, 8))
