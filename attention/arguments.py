@@ -49,6 +49,8 @@ def parse(name, query, key, value, *, scale, local_window_size,
   if key_value_seq_lengths is not None:
     kv_len = shapes.check_lengths('key_value_seq_lengths',
                                   key_value_seq_lengths, dims)
+  query = zero_past(query, q_len)
+  key, value = zero_past(key, kv_len), zero_past(value, kv_len)
   if alibi_slopes is not None:
     alibi_slopes = jnp.asarray(alibi_slopes, jnp.float32)
     chex.assert_shape(alibi_slopes, (dims.N,),
@@ -62,6 +64,20 @@ def parse(name, query, key, value, *, scale, local_window_size,
                    window=window_pair(local_window_size), q_len=q_len,
                    kv_len=kv_len, alibi_slopes=alibi_slopes,
                    logits_soft_cap=logits_soft_cap and float(logits_soft_cap))
+
+
+def zero_past(x_BLKH, lengths):
+  """`x [B, L, heads, H]` with the positions past `lengths [B]` set to zero.
+
+  Padding may hold anything, NaN included; a masked logit drops out of the
+  softmax, but a zero weight times a NaN value is still NaN. Zeroing the
+  padded rows once here (O(B L heads H), no gradient into them) is what
+  keeps every mechanism's outputs and gradients free of them.
+  """
+  if lengths is None:
+    return x_BLKH
+  keep_BL = jnp.arange(x_BLKH.shape[1])[None, :] < lengths[:, None]
+  return jnp.where(keep_BL[:, :, None, None], x_BLKH, 0)
 
 
 def parse_self(name, query, key, value, **options) -> Arguments:

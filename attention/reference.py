@@ -109,12 +109,13 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
   probs_BKGTS = jnp.exp(
       logits_BKGTS - jnp.max(logits_BKGTS, axis=-1, keepdims=True))
   probs_BKGTS /= jnp.sum(probs_BKGTS, axis=-1, keepdims=True)
-  if visible is not None:
-    probs_BKGTS = jnp.where(jnp.any(visible, axis=-1, keepdims=True),
-                            probs_BKGTS, 0.0)
   out_BTKGH = jnp.einsum(
       'BKGTS,BSKH->BTKGH', probs_BKGTS.astype(value.dtype), value,
       precision=precision, preferred_element_type=jnp.float32)
+  if visible is not None:  # A query that sees no key outputs zeros, even
+    seen_BKGT = jnp.any(visible, axis=-1)  # when a value it skips is NaN.
+    out_BTKGH = jnp.where(seen_BKGT.transpose(0, 3, 1, 2)[..., None],
+                          out_BTKGH, 0.0)
   return out_BTKGH.reshape(B, T, dims.N, H).astype(query.dtype)
 
 

@@ -3,10 +3,14 @@
   python -m experiments.main --config=experiments/configs/default.py \
       --workdir=/tmp/run [--config.model.attention=dot_product ...]
 
-Rerunning with a workdir that holds a checkpoint resumes from it.
+Rerunning with a workdir that holds a checkpoint resumes from it. SIGTERM
+or Ctrl-C saves the current step and exits with 128 + the signal's number;
+a bad config, a busy workdir or checkpoints of another model exit with 1
+and a message.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -14,13 +18,19 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from experiments import resume
 from experiments import train
+from experiments import validation
+from experiments import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'experiments/configs/default.py', 'Experiment config file.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/default',
                                'Checkpoints, metrics and plots go here.')
+_WAIT = flags.DEFINE_float(
+    'wait_for_lock', 0.0, 'Seconds to wait when another run holds the '
+    'workdir (0: refuse at once, inf: wait until it is free).')
 
 
 def main(argv):
@@ -30,7 +40,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # the progress; -v 0 shows them.
   if os.environ.get('JAX_COORDINATOR_ADDRESS'):  # multi-host launch
     jax.distributed.initialize()
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             wait_for_lock=_WAIT.value)
+  except (validation.ConfigError, resume.ConfigMismatch,
+          workdir_lock.Busy) as error:  # the message says it all
+    sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':

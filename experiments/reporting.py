@@ -1,4 +1,12 @@
-"""Progress lines, JSON-lines metrics (and TensorBoard), and the final plot."""
+"""Progress lines, JSON-lines metrics (and TensorBoard), and the final plot.
+
+`metrics.jsonl` is append-only, one JSON object a line, each with its
+`step`: metrics, and events (`{"event": "start", ...}` when a run starts or
+resumes, `"end"` with the reason it stopped, `"quarantine"`,
+`"config_changed"`). A process killed in the middle of a write leaves a torn
+last line; the next run moves it to `metrics.jsonl.torn` and goes on, and
+`read_metrics` skips any line it cannot parse, so no earlier line is lost.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ import os
 import sys
 import time
 
+from absl import logging
+
 
 class Reporter:
   """Writes metrics to `workdir/metrics.jsonl` and progress to the console."""
@@ -14,6 +24,7 @@ class Reporter:
   def __init__(self, workdir: str, total_steps: int, tokens_per_step: int,
                start_step: int = 0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.torn = repair(self.path)
     self.total_steps, self.tokens_per_step = total_steps, tokens_per_step
     self.tty = sys.stdout.isatty()
     self.last_time, self.last_step = time.perf_counter(), start_step
@@ -26,9 +37,12 @@ class Reporter:
       pass
 
   def write(self, step: int, **metrics):
+    """Appends one line (and flushes it to disk) and logs to TensorBoard."""
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': step, **metrics}) + '\n')
-    if self.tensorboard is not None:
+      f.flush()
+      os.fsync(f.fileno())
+    if self.tensorboard is not None and 'event' not in metrics:
       for name, value in metrics.items():
         self.tensorboard.add_scalar(name, value, step)
 
@@ -55,12 +69,86 @@ class Reporter:
       self.tensorboard.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def repair(path: str) -> str | None:
+  """Cuts a torn last line (no newline: its writer died) off `path`.
+
+  A fragment that still parses as a JSON object is kept, completed with its
+  newline; anything else is appended to `path + '.torn'`. Earlier lines are
+  never touched.
+
+  Returns:
+    The fragment moved aside, or None when there was nothing to repair.
+  """
+  if not os.path.exists(path):
+    return None
+  with open(path, 'rb+') as f:
+    size = f.seek(0, os.SEEK_END)
+    end = size
+    while end > 0:  # back to the last newline, a block at a time
+      start = max(0, end - 4096)
+      f.seek(start)
+      block = f.read(end - start)
+      cut = block.rfind(b'\n')
+      if cut >= 0:
+        end = start + cut + 1
+        break
+      end = start
+    if end == size:
+      return None
+    f.seek(end)
+    fragment = f.read()
+    try:
+      complete = isinstance(json.loads(fragment), dict)
+    except ValueError:
+      complete = False
+    if complete:
+      f.write(b'\n')
+      return None
+    f.truncate(end)
+  with open(path + '.torn', 'ab') as torn:
+    torn.write(fragment + b'\n')
+  text = fragment.decode(errors='replace')
+  logging.warning('%s ended in a torn line (%d bytes), moved to %s.torn: %r',
+                  path, len(fragment), path, text[:80])
+  return text
+
+
+def read_metrics(workdir: str, *, timeline: bool = True) -> list[dict]:
+  """The rows of `workdir/metrics.jsonl`; unparsable lines are skipped.
+
+  Args:
+    workdir: the run's directory.
+    timeline: drop the rows that a later resume superseded: a run that
+      restarts from the checkpoint of step s (its `start` event) redoes the
+      steps after s, so earlier rows past s describe work that was lost.
+
+  Returns:
+    One dict per line, in file order.
+  """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
+  rows, skipped = [], 0
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        row = None
+      if isinstance(row, dict) and 'step' in row:
+        rows.append(row)
+      elif line.strip():
+        skipped += 1
+  if skipped:
+    logging.warning('%s: skipped %d unreadable line(s)', path, skipped)
+  if not timeline:
+    return rows
+  kept = []
+  for row in rows:
+    if row.get('event') == 'start':
+      kept = [r for r in kept if r['step'] <= row['step']]
+    kept.append(row)
+  return kept
 
 
 def plot(workdir: str) -> str:

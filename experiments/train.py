@@ -9,15 +9,19 @@ The batch is sharded over a `Mesh` data axis and the state replicated, so
 the same code runs on one CPU, several devices, or a TPU/GPU host.
 Restarting with the same workdir resumes from the newest good checkpoint,
 bitwise: data batches are functions of the step, and the state holds the
-step, the parameters, the optimizer and the PRNG key.
+step, the parameters, the optimizer and the PRNG key. What a run survives
+(kills, preemption, corrupt checkpoints, changed configs, a second run on
+the same workdir) is in `train_and_evaluate`'s docstring and the README.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import os
+import signal
 import time
 
 from flax import nnx
@@ -28,12 +32,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import attention
 from experiments import checkpoints
 from experiments import data as data_lib
+from experiments import preemption
 from experiments import reporting
+from experiments import resume
 from experiments import tasks
 from experiments import validation
+from experiments import workdir_lock
 import models
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -130,6 +136,7 @@ class Run:
   graphdef: nnx.GraphDef
   batch_sharding: NamedSharding
   evaluate_fn: object
+  train_step: object = None
 
   def _put(self, inputs, targets, weights=None):
     if weights is None:
@@ -199,49 +206,193 @@ def prepare(config) -> data_lib.Corpus | None:
   return corpus
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+def structure_of(config) -> dict:
+  """`checkpoints.structure` of the state `config` builds (no arrays made)."""
+  return checkpoints.structure(jax.eval_shape(
+      lambda: initial_state(config, make_optimizer(config))[1]))
+
+
+def _abstract(state, sharding=None):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      state)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       wait_for_lock: float = 0.0):
   """Trains, evaluates and checkpoints; resumes from `workdir` if it can.
+
+  What it guarantees (README, "What a run survives"): the config and data
+  are validated before anything is compiled; one run at a time holds the
+  workdir; the newest readable checkpoint is resumed (unreadable ones are
+  quarantined, kept, and reported); checkpoints of a model of another
+  structure stop the run and are never deleted; SIGTERM or SIGINT save the
+  current step before stopping.
+
+  Args:
+    config: the experiment config (`experiments/configs/default.py`).
+    workdir: checkpoints, metrics and plots go here.
+    wait_for_lock: seconds to wait for another run holding `workdir`.
 
   Returns:
     The final evaluation metrics (dict).
+
+  Raises:
+    validation.ConfigError: a bad config or data, before anything runs.
+    workdir_lock.Busy: another live run holds `workdir`.
+    resume.ConfigMismatch: `workdir` holds checkpoints of a model of
+      another structure.
+    preemption.Interrupted: SIGTERM or SIGINT stopped training after the
+      checkpoint of the current step was saved (a SystemExit, code 128 +
+      the signal's number).
   """
   corpus = prepare(config)
   os.makedirs(workdir, exist_ok=True)
+  # One lock per run: in a multi-process run, process 0 holds it for all.
+  lock = (workdir_lock.hold(workdir, wait_seconds=wait_for_lock)
+          if jax.process_index() == 0 else contextlib.nullcontext())
+  with lock as stale:
+    with preemption.signals() as stop:
+      return _train(config, workdir, corpus, stop, stale)
+
+
+def _start_notes(found, stale, reporter, step) -> list[str]:
+  """What this run found in its workdir: events in metrics.jsonl, and
+  notes for the console and the final summary."""
+  notes = []
+  for bad_step, why, where in found.quarantined:
+    reporter.write(step, event='quarantine', checkpoint=bad_step,
+                   reason=why[:500], moved_to=where)
+    notes.append(f'the checkpoint of step {bad_step} could not be read '
+                 f'({why[:200]}); it was moved to {where}')
+  if found.quarantined:
+    notes.append(f'resumed from step {found.step}, the newest readable '
+                 'checkpoint' if found.state is not None else
+                 'no readable checkpoint was left: started from step 0')
+  if found.changes:
+    reporter.write(step, event='config_changed', changes={
+        p: list(change) for p, change in found.changes.items()})
+    notes.append(
+        f'config changed since the checkpoint of step {found.step} (the '
+        'state\'s structure is the same, so it resumes): ' + ', '.join(
+            f'config.{p}: {old!r} -> {new!r}'
+            for p, (old, new) in found.changes.items()))
+  if stale:
+    notes.append(f'took over the stale lock of '
+                 f'{workdir_lock.describe(stale)}, which ended without '
+                 'releasing it')
+  if reporter.torn is not None:
+    notes.append('metrics.jsonl ended in a torn line (a run died while '
+                 'writing it); it was moved to metrics.jsonl.torn')
+  return notes
+
+
+def _train(config, workdir, corpus, stop, stale):
   t = config.train
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated = NamedSharding(mesh, PartitionSpec())
   tx = make_optimizer(config)
   graphdef, state = initial_state(config, tx)
   mngr = checkpoints.manager(workdir, t.keep_checkpoints)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      state)
-  restored = checkpoints.restore_latest(mngr, abstract)
-  state = jax.device_put(restored if restored is not None else state,
+  found = resume.latest(mngr, _abstract(state, replicated), config,
+                        structure_of)
+  state = jax.device_put(state if found.state is None else found.state,
                          replicated)
-  deterministic = config.model.dropout_rate == 0.0
-  train_step = jax.jit(
-      functools.partial(_train_step, graphdef, tx, deterministic,
-                        t.redraw_projections_every),
-      donate_argnums=0)
-  evaluate_fn = jax.jit(lambda p, r, x, y, w: _loss(graphdef, p, r, x, y, w,
-                                                     None, True))
-  run = Run(config, corpus, graphdef, NamedSharding(mesh, PartitionSpec(
-      'data')), evaluate_fn)
+  config_json = resume.config_dict(config)
+  checkpoints.write_json(os.path.join(workdir, 'config.json'), config_json)
   step = int(state['step'])
   reporter = reporting.Reporter(workdir, t.num_steps,
                                 t.batch_size * config.data.sequence_length,
                                 start_step=step)
+  reporter.write(step, event='start')
+  notes = _start_notes(found, stale, reporter, step)
   print(f'{"resuming at" if step else "starting"} step {step} of '
         f'{t.num_steps}: {config.model.attention} attention, '
         f'{sum(x.size for x in jax.tree.leaves(state["params"])):,} '
         f'parameters, {jax.device_count()} device(s), workdir {workdir}',
         flush=True)
-  start, window = time.perf_counter(), []
-  while step < t.num_steps and time.perf_counter() - start < t.max_seconds:
-    state, metrics = train_step(state, *run.batch(step))
+  for note in notes:
+    print(f'note: {note}', flush=True)
+  deterministic = config.model.dropout_rate == 0.0
+  run = Run(config, corpus, graphdef, NamedSharding(mesh, PartitionSpec(
+      'data')), jax.jit(lambda p, r, x, y, w: _loss(graphdef, p, r, x, y, w,
+                                                     None, True)),
+            jax.jit(functools.partial(_train_step, graphdef, tx,
+                                      deterministic,
+                                      t.redraw_projections_every),
+                    donate_argnums=0))
+  saver = functools.partial(_save, mngr, config_json)
+  state, step, reason, last_eval = _loop(run, state, step, saver, mngr,
+                                         reporter, stop)
+  if step > 0 and step not in mngr.all_steps():
+    saver(step, state, force=True)
+  saver(None, None)  # waits for the saves in flight
+  if reason in ('SIGTERM', 'SIGINT', 'preemption'):
+    reporter.write(step, event='end', reason=reason)
+    reporter.close()
+    print(f'stopped at step {step} of {t.num_steps} ({reason}): its '
+          f'checkpoint is saved in {mngr.directory}; run the same command '
+          'again to resume', flush=True)
+    raise preemption.Interrupted(stop.signum or signal.SIGTERM, step)
+  final = last_eval
+  if final is None:
+    final = run.evaluate(state)
+    reporter.write(step, **final)
+  if reason == 'max_seconds':
+    notes.append(f'stopped early by config.train.max_seconds='
+                 f'{t.max_seconds:g}, at step {step} of {t.num_steps}')
+  reporter.write(step, event='end', reason=reason)
+  reporter.close()
+  plot = reporting.plot(workdir)
+  print(f'done: step {step}, validation loss {final["eval_loss"]:.4f}, '
+        f'{final["eval_bpb"]:.3f} bits/byte, accuracy '
+        f'{final["eval_accuracy"]:.3f}; checkpoints in {mngr.directory}, '
+        f'metrics in {reporter.path}, plot {plot}', flush=True)
+  for note in notes:
+    print(f'note: {note}', flush=True)
+  return final
+
+
+def _save(mngr, config_json, step, state, force=False):
+  """Saves asynchronously (`step` None: waits for the saves in flight).
+
+  A save that fails (a full disk, say) stops the run with the reason; the
+  checkpoints already complete are left as they are.
+  """
+  try:
+    if step is None:
+      mngr.wait_until_finished()
+    else:
+      checkpoints.save(mngr, step, state, config_json, force=force)
+  except Exception as error:  # pylint: disable=broad-except
+    why = f'{type(error).__name__}: {error}'
+    raise RuntimeError(
+        f'saving a checkpoint in {mngr.directory} failed ({why[:300]}); the '
+        'checkpoints completed before it are kept, and a rerun resumes from '
+        'the newest of them') from error
+
+
+def _loop(run, state, step, saver, mngr, reporter, stop):
+  """Trains until the last step, a stop request or the time budget.
+
+  Returns:
+    `(state, step, reason, last_eval)`: the reason is 'finished',
+    'max_seconds', 'preemption' or the signal's name; `last_eval` the
+    evaluation metrics of this very step, if it ended on one.
+  """
+  t = run.config.train
+  start, window, last_eval, reason = time.perf_counter(), [], None, 'finished'
+  while step < t.num_steps:
+    if stop.signum is not None:
+      reason = stop.name
+      break
+    if time.perf_counter() - start >= t.max_seconds:
+      reason = 'max_seconds'
+      break
+    state, metrics = run.train_step(state, *run.batch(step))
     step += 1
     window.append(metrics)
+    last_eval = None
     if step % t.log_every == 0 or step == t.num_steps:
       loss = float(np.mean([float(m['loss']) for m in window]))
       reporter.write(step, train_loss=loss, train_bpb=loss / math.log(2),
@@ -250,28 +401,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       reporter.progress(step, loss)
       window = []
     if step % t.eval_every == 0:
-      reporter.write(step, **run.evaluate(state))
-    if step % t.checkpoint_every == 0 or mngr.reached_preemption(step):
-      checkpoints.save(mngr, step, state)
-  final = run.evaluate(state)
-  reporter.write(step, **final)
-  if step not in mngr.all_steps():
-    checkpoints.save(mngr, step, state, force=True)
-  mngr.wait_until_finished()
-  reporter.close()
-  plot = reporting.plot(workdir)
-  print(f'done: step {step}, validation loss {final["eval_loss"]:.4f}, '
-        f'{final["eval_bpb"]:.3f} bits/byte, accuracy '
-        f'{final["eval_accuracy"]:.3f}; checkpoints in {mngr.directory}, '
-        f'metrics in {reporter.path}, plot {plot}', flush=True)
-  return final
+      last_eval = run.evaluate(state)
+      reporter.write(step, **last_eval)
+    preempted = mngr.reached_preemption(step)
+    if step % t.checkpoint_every == 0 or preempted:
+      saver(step, state)
+    if preempted:
+      reason = 'preemption'
+      break
+  return state, step, reason, last_eval
 
 
 def trained_state(config, workdir: str):
   """Trains (or resumes, or reuses) one run; its final training state."""
   train_and_evaluate(config, workdir)
   _, state = initial_state(config, make_optimizer(config))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          state)
   mngr = checkpoints.manager(workdir, config.train.keep_checkpoints)
-  return checkpoints.restore_latest(mngr, abstract)
+  return checkpoints.restore(mngr, mngr.latest_step(), _abstract(state))

@@ -5,7 +5,7 @@
 one is named with its nearest valid names), each value of the right type and
 range, and the fields that constrain each other. `validate_corpus(config,
 corpus)` checks the loaded text against the sequence length. Every problem
-is reported at once, in one `ValueError`, one line each, naming
+is reported at once, in one `ConfigError` (a `ValueError`), one line each, naming
 `config.section.field`, the value and what is allowed.
 
 The schema lives here, one entry per field of the default config (a test
@@ -30,6 +30,10 @@ from models import config as model_config
 SCHEDULES = ('cosine', 'rsqrt')
 SOURCES = ('stdlib', 'file') + tuple(tasks.TASKS)
 DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A config (or its data) that cannot run; the message lists why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,17 +243,17 @@ def _length_problems(config) -> list[str]:
 def _raise(problems: list[str], what: str):
   if problems:
     lines = '\n  '.join(problems)
-    raise ValueError(f'{len(problems)} problem{"s" * (len(problems) > 1)} '
+    raise ConfigError(f'{len(problems)} problem{"s" * (len(problems) > 1)} '
                      f'with the {what}:\n  {lines}')
 
 
 def validate_config(config) -> None:
-  """Raises ValueError listing every problem of `config` (see module doc)."""
+  """Raises ConfigError listing every problem of `config` (module doc)."""
   _raise(_problems(config), 'experiment config')
 
 
 def validate_corpus(config, corpus) -> None:
-  """Raises ValueError when a text split is shorter than one example."""
+  """Raises ConfigError when a text split is shorter than one example."""
   d, problems = config.data, []
   where = (f'data.path={d.path!r}' if d.source == 'file'
            else f'data.source={d.source!r}')

@@ -107,3 +107,28 @@ def test_conformance_refused_options_raise_by_name(name):
       attention.get(name)(q, k, v, **{option: REFUSED_VALUES[option]})
   for option in set(REFUSED_VALUES) - set(refuses):  # honoured: no error
     attention.get(name)(q, k, v, **{option: REFUSED_VALUES[option]})
+
+
+@pytest.mark.parametrize('name', sorted(CONFORMANCE))
+def test_conformance_nan_in_padding_never_reaches_an_output(name):
+  """NaN poison past `key_value_seq_lengths` and `query_seq_lengths`:
+  outputs and gradients are those of clean inputs, padded rows zero."""
+  q_len, kv_len = jnp.array([37, 20]), jnp.array([37, 15])
+  fn = jax.jit(functools.partial(
+      attention.get(name), **CONFORMANCE[name], is_causal=True,
+      query_seq_lengths=q_len, key_value_seq_lengths=kv_len))
+  loss = jax.jit(jax.grad(lambda q, k, v: (fn(q, k, v) ** 2).sum(),
+                          argnums=(0, 1, 2)))
+  q, k, v = _qkv()
+  nan = jnp.float32(jnp.nan)
+  poisoned = (q.at[1, 20:].set(nan), k.at[1, 15:].set(nan),
+              v.at[1, 15:].set(nan))
+  clean = fn(q, k, v)
+  np.testing.assert_array_equal(fn(*poisoned), clean)
+  np.testing.assert_array_equal(clean[1, 20:], 0.0)
+  for got, want in zip(loss(*poisoned), loss(q, k, v)):
+    np.testing.assert_array_equal(got, want)
+  # A NaN in a valid value may reach valid rows, never the padded ones.
+  out = fn(q, k, v.at[1, 3].set(nan))
+  np.testing.assert_array_equal(out[1, 20:], 0.0)
+  np.testing.assert_array_equal(out[0], clean[0])
