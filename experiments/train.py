@@ -212,7 +212,8 @@ def structure_of(config) -> dict:
       lambda: initial_state(config, make_optimizer(config))[1]))
 
 
-def _abstract(state, sharding=None):
+def abstract_state(state, sharding=None):
+  """`jax.ShapeDtypeStruct`s of `state`: what a checkpoint restores into."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
       state)
@@ -294,7 +295,7 @@ def _train(config, workdir, corpus, stop, stale):
   tx = make_optimizer(config)
   graphdef, state = initial_state(config, tx)
   mngr = checkpoints.manager(workdir, t.keep_checkpoints)
-  found = resume.latest(mngr, _abstract(state, replicated), config,
+  found = resume.latest(mngr, abstract_state(state, replicated), config,
                         structure_of)
   state = jax.device_put(state if found.state is None else found.state,
                          replicated)
@@ -417,4 +418,4 @@ def trained_state(config, workdir: str):
   train_and_evaluate(config, workdir)
   _, state = initial_state(config, make_optimizer(config))
   mngr = checkpoints.manager(workdir, config.train.keep_checkpoints)
-  return checkpoints.restore(mngr, mngr.latest_step(), _abstract(state))
+  return checkpoints.restore(mngr, mngr.latest_step(), abstract_state(state))

@@ -73,7 +73,7 @@ def find_latest(workdir, config):
   """What a run of `config` would resume from in `workdir`."""
   _, state = train.initial_state(config, train.make_optimizer(config))
   mngr = checkpoints.manager(str(workdir), config.train.keep_checkpoints)
-  return resume.latest(mngr, train._abstract(state), config,  # pylint: disable=protected-access
+  return resume.latest(mngr, train.abstract_state(state), config,
                        train.structure_of)
 
 
@@ -203,6 +203,7 @@ def _signal_when(monkeypatch, signum, module, name, condition):
 def test_sigterm_and_sigint_save_the_current_step_then_stop(
     tmp_path, trained, text_file, monkeypatch):
   assert threading.current_thread() is threading.main_thread()
+  handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
   config = runs.tiny_config(text_file, **{'train.checkpoint_every': 1})
   workdir = tmp_path / 'run'
   # SIGTERM while the asynchronous save of step 3 is in flight.
@@ -226,7 +227,8 @@ def test_sigterm_and_sigint_save_the_current_step_then_stop(
       train.train_and_evaluate(config, str(workdir))
   assert stopped.value.code == 128 + signal.SIGINT and stopped.value.step == 5
   assert 5 in checkpoints.manager(str(workdir), 2).all_steps()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert handlers == [signal.getsignal(s) for s in (signal.SIGTERM,
+                                                     signal.SIGINT)]
   train.train_and_evaluate(config, str(workdir))  # resumes and finishes
   assert_same_params(workdir, 6, trained, 6)  # as if never interrupted
   rows = reporting.read_metrics(str(workdir))  # one timeline, no repeats

@@ -1,12 +1,12 @@
-"""The original Transformer learns to copy: loss near zero in under 60 s."""
-
-import time
+"""The original Transformer learns to copy: loss near zero (about 30 s on
+the 2-core CPU, so in the slow suite)."""
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import models
 
@@ -19,8 +19,8 @@ def batch(rng, size=64):
   return jnp.asarray(source), jnp.asarray(target_in), jnp.asarray(source)
 
 
+@pytest.mark.slow
 def test_encoder_decoder_learns_copy_task():
-  start = time.perf_counter()
   config = models.TransformerConfig(
       vocab_size=VOCAB, model_dim=64, num_layers=2, num_heads=4, mlp_dim=128,
       mlp='gelu', norm='layer', post_norm=True, position='sinusoidal',
@@ -46,4 +46,3 @@ def test_encoder_decoder_learns_copy_task():
   accuracy = float((logits.argmax(-1) == target_out).mean())
   assert float(loss) < 0.05, float(loss)
   assert accuracy > 0.99, accuracy
-  assert time.perf_counter() - start < 60

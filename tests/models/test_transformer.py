@@ -220,12 +220,12 @@ def test_encoder_decoder_incremental_decoding_equals_full_forward():
   full = model(source, target, source_lengths=source_lengths)
   memory = model.encode(source, source_lengths=source_lengths)
   cache = model.init_cache(2, 9)
-  logits, cache = model.decode(cache, target[:, :4], memory,
-                               source_lengths=source_lengths)
+  decode = nnx.jit(lambda model, cache, x: model.decode(
+      cache, x, memory, source_lengths=source_lengths))
+  logits, cache = decode(model, cache, target[:, :4])
   np.testing.assert_allclose(logits, full[:, :4], atol=1e-5, rtol=1e-5)
   for t in range(4, 9):
-    logits, cache = model.decode(cache, target[:, t:t + 1], memory,
-                                 source_lengths=source_lengths)
+    logits, cache = decode(model, cache, target[:, t:t + 1])
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5,
                                rtol=1e-5)
 
