@@ -19,8 +19,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# loadgroup: tests marked xdist_group share one worker (and its fixtures).
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -n $(WORKERS) tests
+	$(PY) -m pytest -m "not slow" -n $(WORKERS) --dist loadgroup tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow tests

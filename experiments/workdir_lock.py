@@ -7,7 +7,8 @@ is never left behind: a file that still names a process while nobody holds
 the lock is stale (that run died), and is reported and taken over. A second
 run on a busy workdir raises `Busy` naming the holder, or waits for it if
 asked (`wait_seconds`). flock works across processes of one host and, on
-Linux, across hosts over NFS (emulated with byte-range locks).
+Linux, across hosts over NFS (emulated with byte-range locks); on a file
+system without it (some FUSE mounts) the run goes on with a warning.
 """
 
 from __future__ import annotations
@@ -47,14 +48,18 @@ def describe(holder: dict | None) -> str:
           f'{holder.get("started")}: {holder.get("command")})')
 
 
-def _try_lock(fd) -> bool:
+def _try_lock(fd, path) -> bool:
+  """Takes the lock if free: True; False if another process holds it."""
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return True
   except OSError as error:
     if error.errno in (errno.EAGAIN, errno.EACCES):
       return False
-    raise
+    # Some FUSE mounts have no flock: run, but say that nothing guards it.
+    print(f'warning: cannot lock {path} ({error.strerror}): nothing stops a '
+          'second run from using this workdir at the same time', flush=True)
+    return True
 
 
 @contextlib.contextmanager
@@ -77,7 +82,7 @@ def hold(workdir: str, *, wait_seconds: float = 0.0):
   try:
     deadline = time.monotonic() + wait_seconds
     waited = False
-    while not _try_lock(fd):
+    while not _try_lock(fd, path):
       holder = _read(fd)
       if time.monotonic() >= deadline:
         raise Busy(

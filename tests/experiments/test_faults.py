@@ -5,6 +5,7 @@ A tiny model is trained once to step 6 (checkpoints at 3 and 6); each test
 works on a copy of that workdir.
 """
 
+import errno
 import json
 import os
 import resource
@@ -26,6 +27,9 @@ from experiments import resume
 from experiments import train
 from experiments import workdir_lock
 from tests.experiments import runs
+
+# One worker runs them all: the trained and whole runs are built once.
+pytestmark = pytest.mark.xdist_group('faults')
 
 @pytest.fixture(name='text_file', scope='module')
 def fixture_text_file(tmp_path_factory):
@@ -276,6 +280,16 @@ def test_a_waiting_run_takes_the_lock_when_it_is_released(tmp_path, capsys):
   thread.join()
 
 
+def test_a_file_system_without_flock_runs_with_a_warning(tmp_path,
+                                                        monkeypatch, capsys):
+  def no_flock(fd, operation):
+    raise OSError(errno.ENOLCK, 'No locks available')
+  monkeypatch.setattr(workdir_lock.fcntl, 'flock', no_flock)
+  with workdir_lock.hold(str(tmp_path)) as stale:
+    assert stale is None
+  assert 'warning: cannot lock' in capsys.readouterr().out
+
+
 def test_a_stale_lock_and_a_torn_metrics_line_are_repaired_and_reported(
     workdir, text_file, capsys):
   dead = {'pid': 999999, 'host': 'elsewhere', 'started': 'yesterday',
@@ -323,17 +337,18 @@ def test_read_metrics_skips_bad_lines_and_drops_superseded_rows(tmp_path):
   assert reporting.read_metrics(str(tmp_path)) == rows[:2] + rows[4:]
 
 
-LONG = ('--config.train.num_steps=300', '--config.train.checkpoint_every=50',
-        '--config.train.eval_every=1000', '--config.train.log_every=50')
+LONG_RUN = {'train.num_steps': 300, 'train.checkpoint_every': 50,
+            'train.eval_every': 1000, 'train.log_every': 50}
+LONG = tuple(f'--config.{k}={v}' for k, v in LONG_RUN.items())
 
 
 @pytest.fixture(name='whole', scope='module')
 def fixture_whole(tmp_path_factory, text_file):
-  """An uninterrupted run of LONG, for the kill tests to match."""
+  """An uninterrupted run of LONG, for the kill tests to match (in this
+  process: the same XLA flags as the command line's, so the same bits)."""
   workdir = tmp_path_factory.mktemp('whole') / 'run'
-  process = runs.launch(workdir, text_file, *LONG)
-  output, _ = process.communicate(timeout=300)
-  assert process.returncode == 0, output
+  train.train_and_evaluate(runs.tiny_config(text_file, **LONG_RUN),
+                           str(workdir))
   return workdir
 
 

@@ -23,9 +23,10 @@ def fixture_text_file(tmp_path):
   return runs.write_text_file(tmp_path / 'text.txt')
 
 
-# Infini and XL train in the default suite through test_passkey.py.
+# Every mechanism trains in the default suite through test_tasks.py's
+# task x mechanism pairs; on text, blockwise only (the rest: test-slow).
 @pytest.mark.parametrize('mechanism', [
-    pytest.param(m, marks=pytest.mark.slow) if m in ('infini', 'xl') else m
+    m if m == 'blockwise' else pytest.param(m, marks=pytest.mark.slow)
     for m in attention.names()])
 def test_short_training_run_for_each_mechanism(text_file, tmp_path,
                                                mechanism):
@@ -74,17 +75,20 @@ def test_stdlib_corpus_is_split_by_file_deterministically():
 
 
 def test_eight_devices_reach_the_loss_of_one(tmp_path, text_file):
+  """One device here, eight simulated ones in a process of their own."""
   metrics = {}
+  train.train_and_evaluate(runs.tiny_config(text_file), str(tmp_path / '1'))
+  env = {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '') +
+         ' --xla_force_host_platform_device_count=8'}
+  process = runs.launch(tmp_path / '8', text_file, env=env)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output
+  assert '8 device(s)' in output
   for devices in (1, 8):
-    env = {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '') +
-           f' --xla_force_host_platform_device_count={devices}'}
-    process = runs.launch(tmp_path / str(devices), text_file, env=env)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    assert f'{devices} device(s)' in output
     lines = (tmp_path / str(devices) / 'metrics.jsonl').read_text()
     metrics[devices] = [row for row in map(json.loads, lines.splitlines())
                         if 'event' not in row]
+  assert jax.device_count() == 1 and len(metrics[1]) > 3
   for one, eight in zip(metrics[1], metrics[8], strict=True):
     for key in one:
       np.testing.assert_allclose(eight[key], one[key], rtol=2e-5, err_msg=key)

@@ -9,9 +9,10 @@ import pytest
 
 import models
 
+# Plain attention: the checks run before it, and it is cheap to run eagerly.
 BASE = models.TransformerConfig(vocab_size=50, model_dim=16, num_layers=1,
                                 num_heads=2, mlp_dim=32, max_length=8,
-                                position='learned')
+                                position='learned', attention='dot_product')
 
 
 def model(**changes):

@@ -40,7 +40,7 @@ def tokens(B=2, T=40, seed=0):
 def test_streaming_segments_equals_one_call(mechanism):
   model = model_for(mechanism)
   x = tokens()
-  whole = model(x)
+  whole = nnx.jit(lambda m, x: m(x))(model, x)
   decode = nnx.jit(lambda m, cache, t: m.decode(cache, t))
   cache, outs = model.init_cache(2, 64), []
   for start, stop in ((0, 16), (16, 24), (24, 27), (27, 32), (32, 40)):
@@ -49,7 +49,7 @@ def test_streaming_segments_equals_one_call(mechanism):
   np.testing.assert_allclose(jnp.concatenate(outs, 1), whole, atol=1e-4,
                              rtol=1e-4)
   # The state's size is fixed: the same shapes after 16 or 40 tokens.
-  short = model.decode(model.init_cache(2, 64), x[:, :16])[1]
+  short = decode(model, model.init_cache(2, 64), x[:, :16])[1]
   assert (jax.tree.map(jnp.shape, short['layers']) ==
           jax.tree.map(jnp.shape, cache['layers']))
 
@@ -58,12 +58,13 @@ def test_streaming_segments_equals_one_call(mechanism):
 def test_reset_starts_a_new_document(mechanism):
   model = model_for(mechanism)
   x = tokens()
+  decode = nnx.jit(lambda m, cache, t: m.decode(cache, t))
   cache = model.init_cache(2, 64)
-  _, cache = model.decode(cache, x[:, :16])
+  _, cache = decode(model, cache, x[:, :16])
   cache = models.reset_rows(cache, jnp.array([False, True]),
                             model.init_cache(2, 64))
-  later, _ = model.decode(cache, x[:, 16:32])
-  fresh = model(x[:, 16:32])
+  later, _ = decode(model, cache, x[:, 16:32])
+  fresh = nnx.jit(lambda m, x: m(x))(model, x[:, 16:32])
   np.testing.assert_allclose(later[1], fresh[1], atol=1e-4, rtol=1e-4)
   assert not np.allclose(later[0], fresh[0], atol=1e-2)
 
@@ -86,5 +87,5 @@ def test_memory_is_content_only_and_the_gate_is_learned():
   # Projected queries and keys carry no rotation: the plain projection.
   np.testing.assert_array_equal(query, layer.query(x))
   np.testing.assert_array_equal(key, layer.key(x))
-  grads = nnx.grad(lambda m: jnp.sum(m(tokens(T=24)) ** 2))(model)
+  grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(tokens(T=24)) ** 2)))(model)
   assert jnp.abs(grads.stack.blocks[0].attention.learned[...]).max() > 0

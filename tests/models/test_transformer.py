@@ -45,7 +45,7 @@ def test_decoder_lm_parameter_count_and_shape(tie):
   V, D = c.vocab_size, c.model_dim
   expected = V * D + 2 * block_params(c) + D + (0 if tie else D * V)
   assert param_count(model) == expected
-  assert model(tokens()).shape == (2, 19, V)
+  assert jax.eval_shape(lambda: model(tokens())).shape == (2, 19, V)
 
 
 def test_encoder_parameter_count_and_heads():
@@ -58,17 +58,16 @@ def test_encoder_parameter_count_and_heads():
   assert param_count(model) == expected
   x = tokens()
   lengths = jnp.array([19, 7])
-  hidden = model(x, lengths=lengths)
+  forward = nnx.jit(lambda model, x, lengths: model(x, lengths=lengths))
+  hidden = forward(model, x, lengths)
   assert hidden.shape == (2, 19, D)
   assert model.mlm_logits(hidden).shape == (2, 19, V)
   assert model.classify(hidden, lengths).shape == (2, 3)
   # Padding never reaches real tokens, nor the mean-pooled class.
-  padded = x.at[1, 7:].set(0)
-  np.testing.assert_allclose(model(padded, lengths=lengths)[1, :7],
-                             hidden[1, :7], atol=1e-5)
-  np.testing.assert_allclose(
-      model.classify(model(padded, lengths=lengths), lengths)[1],
-      model.classify(hidden, lengths)[1], atol=1e-5)
+  padded = forward(model, x.at[1, 7:].set(0), lengths)
+  np.testing.assert_allclose(padded[1, :7], hidden[1, :7], atol=1e-5)
+  np.testing.assert_allclose(model.classify(padded, lengths)[1],
+                             model.classify(hidden, lengths)[1], atol=1e-5)
 
 
 def test_encoder_decoder_parameter_count_and_shape():
@@ -77,15 +76,17 @@ def test_encoder_decoder_parameter_count_and_shape():
   V, D = c.vocab_size, c.model_dim
   expected = 2 * V * D + 2 * block_params(c) + 2 * block_params(c, True)
   assert param_count(model) == expected
-  assert model(tokens(), tokens(T=11)).shape == (2, 11, V)
+  assert jax.eval_shape(lambda: model(tokens(), tokens(T=11))).shape == (
+      2, 11, V)
 
 
 def test_decoder_lm_is_causal():
   model = models.DecoderLM(config(), rngs=nnx.Rngs(0))
+  forward = nnx.jit(lambda model, x: model(x))
   x = tokens()
-  logits = model(x)
+  logits = forward(model, x)
   for t0 in (1, 8, 18):
-    moved = model(x.at[:, t0:].set(tokens(seed=1)[:, t0:]))
+    moved = forward(model, x.at[:, t0:].set(tokens(seed=1)[:, t0:]))
     np.testing.assert_array_equal(moved[:, :t0], logits[:, :t0])
     assert not np.allclose(moved[:, t0:], logits[:, t0:])
 
@@ -121,11 +122,12 @@ def test_incremental_decoding_equals_full_forward(mechanism, position):
     c = dataclasses.replace(c, attention_options=STREAMING_OPTIONS[mechanism])
   model = models.DecoderLM(c, rngs=nnx.Rngs(0))
   x = tokens(T=12)
-  full = model(x)
+  full = nnx.jit(lambda model, x: model(x))(model, x)
   # Prompts of 5 and 3 tokens (right-padded to 5), then one token a step.
   lengths = jnp.array([5, 3])
   cache = model.init_cache(2, 16)
-  logits, cache = model.decode(cache, x[:, :5], num_new=lengths)
+  logits, cache = nnx.jit(lambda model, cache, x, n: model.decode(
+      cache, x, num_new=n))(model, cache, x[:, :5], lengths)
   np.testing.assert_allclose(logits[0], full[0, :5], atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(logits[1, :3], full[1, :3], atol=1e-5,
                              rtol=1e-5)
@@ -237,7 +239,8 @@ def test_decoding_cache_round_trips_through_orbax(tmp_path, mechanism):
       STREAMING_OPTIONS.get(mechanism, BASE.attention_options))),
                            rngs=nnx.Rngs(0))
   cache = model.init_cache(2, 16)
-  _, cache = model.decode(cache, tokens(T=5))  # Infini, XL: a full segment
+  decode = nnx.jit(lambda model, cache, x: model.decode(cache, x))
+  _, cache = decode(model, cache, tokens(T=5))  # Infini, XL: a full segment
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp_path / 'cache', cache)
   checkpointer.wait_until_finished()
@@ -247,8 +250,8 @@ def test_decoding_cache_round_trips_through_orbax(tmp_path, mechanism):
   jax.tree.map(np.testing.assert_array_equal, restored, cache)
   # Decoding goes on from the restored cache exactly as from the original.
   step = tokens(T=1, seed=4)
-  np.testing.assert_array_equal(model.decode(restored, step)[0],
-                                model.decode(cache, step)[0])
+  np.testing.assert_array_equal(decode(model, restored, step)[0],
+                                decode(model, cache, step)[0])
 
 
 REFUSING = [m for m in attention.names()
