@@ -111,32 +111,10 @@ def _generate(graphdef, state, prompts, prompt_lengths, rng, *,
   return tokens, prompt_lengths + count
 
 
-def generate(model, prompts, prompt_lengths=None, *, max_new_tokens: int,
-             rng=None, temperature: float = 0.0, top_k: int | None = None,
-             top_p: float | None = None, eos_id: int | None = None,
-             max_length: int | None = None):
-  """Continues each prompt with up to `max_new_tokens` sampled tokens.
-
-  Args:
-    model: a `DecoderLM` (anything with `init_cache` and `decode`).
-    prompts: int `[B, P]`, right-padded.
-    prompt_lengths: optional int `[B]` (default P), each in `[1, P]`.
-    max_new_tokens: tokens to generate at most (an int >= 0).
-    rng: PRNG key for sampling (needed unless temperature is 0).
-    temperature, top_k, top_p: sampling; temperature 0 is greedy, top_k in
-      `[1, vocab_size]`, top_p in `(0, 1]`.
-    eos_id: a row stops after producing this token.
-    max_length: cache size (default `P + max_new_tokens`).
-
-  Raises:
-    ValueError: naming the argument, for an empty prompt, prompt lengths
-      outside `[1, P]`, prompt tokens outside the vocabulary (padding past
-      a row's length may hold anything), or settings above out of range.
-
-  Returns:
-    `(tokens [B, P + max_new_tokens], lengths [B])`: each row's prompt
-    followed by its generated tokens, zero after `lengths[b]`.
-  """
+def _checked(model, prompts, prompt_lengths, *, max_new_tokens, rng,
+             temperature, top_k, top_p, eos_id, max_length):
+  """`generate`'s arguments checked: `(prompts with the padding zeroed,
+  int32 prompt_lengths, max_length)`; a ValueError names a bad one."""
   prompts = jnp.asarray(prompts, jnp.int32)
   if prompts.ndim != 2 or 0 in prompts.shape:
     raise ValueError('prompts must be int [B, P] with B, P >= 1, got shape '
@@ -177,6 +155,39 @@ def generate(model, prompts, prompt_lengths=None, *, max_new_tokens: int,
     check_range('prompt tokens', tokens[np.asarray(real)], vocab_size,
                 'vocab_size')
   prompts = jnp.where(real, prompts, 0)  # padding never reaches the model
+  return prompts, prompt_lengths, max_length
+
+
+def generate(model, prompts, prompt_lengths=None, *, max_new_tokens: int,
+             rng=None, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, eos_id: int | None = None,
+             max_length: int | None = None):
+  """Continues each prompt with up to `max_new_tokens` sampled tokens.
+
+  Args:
+    model: a `DecoderLM` (anything with `init_cache` and `decode`).
+    prompts: int `[B, P]`, right-padded.
+    prompt_lengths: optional int `[B]` (default P), each in `[1, P]`.
+    max_new_tokens: tokens to generate at most (an int >= 0).
+    rng: PRNG key for sampling (needed unless temperature is 0).
+    temperature, top_k, top_p: sampling; temperature 0 is greedy, top_k in
+      `[1, vocab_size]`, top_p in `(0, 1]`.
+    eos_id: a row stops after producing this token.
+    max_length: cache size (default `P + max_new_tokens`).
+
+  Returns:
+    `(tokens [B, P + max_new_tokens], lengths [B])`: each row's prompt
+    followed by its generated tokens, zero after `lengths[b]`.
+
+  Raises:
+    ValueError: naming the argument, for an empty prompt, prompt lengths
+      outside `[1, P]`, prompt tokens outside the vocabulary (padding past
+      a row's length may hold anything), or settings above out of range.
+  """
+  prompts, prompt_lengths, max_length = _checked(
+      model, prompts, prompt_lengths, max_new_tokens=max_new_tokens,
+      rng=rng, temperature=temperature, top_k=top_k, top_p=top_p,
+      eos_id=eos_id, max_length=max_length)
   rng = jax.random.key(0) if rng is None else rng
   graphdef, state = nnx.split(model)
   return _generate(graphdef, state, prompts, prompt_lengths, rng,
