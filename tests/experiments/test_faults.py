@@ -246,6 +246,20 @@ def test_sigterm_and_sigint_save_the_current_step_then_stop(
   assert steps == [2, 4, 6]
 
 
+def test_a_second_signal_stops_at_once(monkeypatch):
+  sent = []
+  monkeypatch.setattr(preemption.os, 'kill', lambda *args: sent.append(args))
+  before = signal.getsignal(signal.SIGTERM)
+  with preemption.signals() as request:
+    handler = signal.getsignal(signal.SIGTERM)
+    handler(signal.SIGTERM, None)  # the first: stop after this step
+    assert request.name == 'SIGTERM' and not sent
+    handler(signal.SIGTERM, None)  # the second: the old handler, re-sent
+    assert sent == [(os.getpid(), signal.SIGTERM)]
+    assert signal.getsignal(signal.SIGTERM) == before
+  assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(
     tmp_path, text_file):
   workdir = tmp_path / 'run'
