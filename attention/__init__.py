@@ -8,6 +8,7 @@ legend. Mechanisms are also reachable by name: `attention.get(name)`.
 from attention.blockwise import blockwise_attention
 from attention.infini import infini_attention
 from attention import infini_decoding  # registers infini
+from attention import masks
 from attention.linear import linear_attention
 from attention.lsh import lsh_attention
 from attention.performer import draw_projection, performer_attention
@@ -23,6 +24,7 @@ __all__ = [
     'get',
     'infini_attention',
     'linear_attention',
+    'masks',
     'lsh_attention',
     'names',
     'performer_attention',

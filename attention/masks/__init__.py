@@ -1,0 +1,59 @@
+"""Attention masks as lazy objects over absolute positions.
+
+A `Mask` says which keys each query may see as a function of integer arrays
+that broadcast together, `mask(batch, head, q, k) -> bool` (FlexAttention's
+`mask_mod(b, h, q_idx, kv_idx)`). Kernels evaluate it per tile from `iota`
+positions and never form a `[T, S]` array. Masks compose with `&` and `|`.
+
+A mask also summarises a grid of tiles without looking inside them,
+`mask.summary(grid) -> (some, every)`, bool `[B|1, num_q, num_k]`: `some`
+is False only for tiles with no visible pair, `every` True only for tiles
+whose pairs are all visible. A kernel visits the tiles with `some` and
+skips the elementwise mask where `every` holds, so sparsity is tiles not
+visited. Masks of positions alone are summarised with NumPy while tracing;
+masks of data (segment ids, lengths, per-example prefixes or global tokens)
+on device, from each chunk's smallest and largest values.
+
+  causal(offset=0)             k <= q + offset (offset S - T: bottom-right)
+  sliding_window(left, right)  q - left <= k <= q + right
+  chunked(size)                q // size == k // size (block-local)
+  strided(stride)              (q - k) % stride == 0    Child et al. 2019,
+  fixed(block, summary)        same block, or k among   arXiv 1904.10509
+                               the last `summary` of its block
+  global_tokens(positions)     q or k listed: Longformer, arXiv 2004.05150
+  random_blocks(n, size, seed) n key blocks drawn per query block: BigBird,
+                               arXiv 2007.14062 (one fixed draw)
+  document(segment_ids)        same segment (packed sequences)
+  prefix_lm(length)            causal, and every key before `length`
+  key_lengths(lengths)         k < lengths[b]
+  query_lengths(lengths)       q < lengths[b]
+  per_head(m0, m1, ...)        head h uses m[h % count]
+
+`mask.dense(T, S)` is the boolean matrix (leading B for per-example masks,
+N for per-head ones), `mask.layout(T, S, Cq, Ck)` the tiles a kernel visits
+and `render(layout)` draws them as text.
+"""
+
+from attention.masks.base import Grid, Mask, per_head, render
+from attention.masks.data import (document, global_tokens, key_lengths,
+                                  prefix_lm, query_lengths, random_blocks)
+from attention.masks.patterns import (causal, chunked, fixed, sliding_window,
+                                      strided)
+
+__all__ = [
+    'Grid',
+    'Mask',
+    'causal',
+    'chunked',
+    'document',
+    'fixed',
+    'global_tokens',
+    'key_lengths',
+    'per_head',
+    'prefix_lm',
+    'query_lengths',
+    'random_blocks',
+    'render',
+    'sliding_window',
+    'strided',
+]

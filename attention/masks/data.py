@@ -1,0 +1,243 @@
+"""Masks that hold data or a draw: global tokens, random blocks, documents,
+prefixes and lengths (static where given as Python ints, per example where
+given as arrays with a leading batch axis)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention.masks.base import Grid, Mask, full, xp_of
+from attention.masks.patterns import causal, positive_int
+
+_NOWHERE = np.int32(2**30)  # a position no sequence reaches
+
+
+def _int_array(name: str, value, ndim: int):
+  array = jnp.asarray(value)
+  if array.ndim != ndim or not jnp.issubdtype(array.dtype, jnp.integer):
+    axes = {1: '[B]', 2: '[B, L]'}[ndim]
+    raise ValueError(f'{name} must be an int array {axes}, got '
+                     f'{array.dtype} {array.shape}')
+  return array.astype(jnp.int32)
+
+
+def _count_between(sorted_P, lo, hi, xp):
+  """How many entries of `sorted_P` (`[P]`, or `[B, P]` per row) lie in
+  `[lo, hi]`; `lo`, `hi` broadcast together."""
+  def count(row, lo, hi):
+    return (xp.searchsorted(row, hi, side='right') -
+            xp.searchsorted(row, lo, side='left'))
+  if sorted_P.ndim == 1:
+    return count(sorted_P, lo, hi)
+  return jax.vmap(count, in_axes=(0, None, None))(sorted_P, lo[0], hi[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GlobalTokens(Mask):
+  """Listed positions see every key and are seen by every query."""
+
+  positions: Any  # sorted unique NumPy [P], or int [B, P] (< 0: unused)
+
+  def __post_init__(self):
+    object.__setattr__(self, 'per_example', np.ndim(self.positions) == 2)
+
+  @property
+  def batch_size(self):
+    return self.positions.shape[0] if self.per_example else None
+
+  def __call__(self, batch, head, q, k):
+    if not self.per_example:
+      listed = jnp.asarray(self.positions)
+      return jnp.isin(q, listed) | jnp.isin(k, listed)
+    rows = self.positions[batch]  # batch's shape + [P]
+    return (jnp.any(q[..., None] == rows, -1) |
+            jnp.any(k[..., None] == rows, -1))
+
+  def summary(self, grid: Grid):
+    (q_lo, q_hi), (k_lo, k_hi) = grid.q_range(), grid.k_range()
+    listed = self.positions
+    if self.per_example:  # unused entries sort last, out of every range
+      listed = jnp.sort(jnp.where(listed < 0, _NOWHERE, listed), axis=-1)
+      q_lo, q_hi, k_lo, k_hi = (x[None] for x in (q_lo, q_hi, k_lo, k_hi))
+    xp = xp_of(listed, q_lo)
+    in_q = _count_between(listed, q_lo, q_hi, xp)
+    in_k = _count_between(listed, k_lo, k_hi, xp)
+    return full(grid, (in_q > 0) | (in_k > 0),
+                (in_q == q_hi - q_lo + 1) | (in_k == k_hi - k_lo + 1))
+
+
+def global_tokens(positions) -> Mask:
+  """Longformer's global attention (Beltagy et al. 2020, arXiv 2004.05150):
+  the listed positions see and are seen by all. `positions`: a sequence of
+  ints (the same for every example), or int `[B, P]` per example (entries
+  below 0 unused, so examples may list different numbers)."""
+  if isinstance(positions, (list, tuple, range)) or (
+      isinstance(positions, np.ndarray) and positions.ndim == 1):
+    listed = np.unique(np.asarray(positions, np.int64))
+    if listed.size and listed[0] < 0:
+      raise ValueError(f'global_tokens positions must be >= 0, got '
+                       f'{listed[0]}')
+    return GlobalTokens(listed.astype(np.int32))
+  return GlobalTokens(_int_array('global_tokens positions', positions, 2))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RandomBlocks(Mask):
+  """Each query block sees `num_blocks` key blocks of one fixed draw."""
+
+  num_blocks: int
+  block_size: int
+  seed: int
+  table: Any = None  # [query blocks, num_blocks] key block ids, once bound
+
+  def bind(self, T, S):
+    bs = self.block_size
+    num_q, num_k = -(-T // bs), -(-S // bs)
+    draws = min(self.num_blocks, num_k)
+    table = np.stack([
+        np.random.default_rng((self.seed, i)).choice(num_k, draws,
+                                                     replace=False)
+        for i in range(num_q)]).astype(np.int32)
+    return dataclasses.replace(self, table=table)
+
+  def _table(self):
+    if self.table is None:
+      raise ValueError('random_blocks draws per sequence length: bind the '
+                       'mask first (mask.bind(T, S)); kernels do')
+    return self.table
+
+  def __call__(self, batch, head, q, k):
+    table = jnp.asarray(self._table())
+    rows = table[jnp.clip(q // self.block_size, 0, table.shape[0] - 1)]
+    return jnp.any(rows == (k // self.block_size)[..., None], -1)
+
+  def summary(self, grid: Grid):
+    table, bs = self._table(), self.block_size
+    num_k = -(-grid.S // bs)
+    blocks = np.zeros((table.shape[0], num_k), np.int32)
+    np.put_along_axis(blocks, table, 1, axis=1)
+    # Visible block pairs in a rectangle of blocks, from 2-D prefix sums.
+    sums = np.pad(blocks.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    (q_lo, q_hi), (k_lo, k_hi) = grid.q_range(), grid.k_range()
+    xp = xp_of(q_lo)
+    i0 = xp.clip(q_lo // bs, 0, table.shape[0] - 1)
+    i1 = xp.clip(q_hi // bs, 0, table.shape[0] - 1) + 1
+    j0, j1 = k_lo // bs, k_hi // bs + 1
+    sums = xp.asarray(sums)
+    count = sums[i1, j1] - sums[i0, j1] - sums[i1, j0] + sums[i0, j0]
+    return full(grid, count > 0, count == (i1 - i0) * (j1 - j0))
+
+
+def random_blocks(num_blocks: int, block_size: int, seed: int = 0) -> Mask:
+  """BigBird's random attention (Zaheer et al. 2020, arXiv 2007.14062): each
+  block of `block_size` queries sees `num_blocks` key blocks drawn without
+  replacement. The draw is a function of (seed, query block, number of key
+  blocks): the same in training and evaluation at a given length."""
+  return RandomBlocks(positive_int('random_blocks num_blocks', num_blocks),
+                      positive_int('random_blocks block_size', block_size),
+                      int(seed))
+
+
+def _chunk_min_max(ids_BL, start, length, size, count):
+  """Min and max id `[B, count]` over chunks of `size` of
+  `ids[:, start:start + length]` (the last chunk repeats its end)."""
+  ids = jax.lax.dynamic_slice_in_dim(ids_BL, start, length, axis=1)
+  ids = jnp.pad(ids, ((0, 0), (0, count * size - length)), mode='edge')
+  ids = ids.reshape(ids.shape[0], count, size)
+  return ids.min(-1), ids.max(-1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Document(Mask):
+  """Queries see keys of their own segment."""
+
+  q_ids: Any  # int [B, T]
+  k_ids: Any  # int [B, S]
+  per_example = True
+
+  @property
+  def batch_size(self):
+    return self.q_ids.shape[0]
+
+  def __call__(self, batch, head, q, k):
+    q = jnp.clip(q, 0, self.q_ids.shape[1] - 1)
+    k = jnp.clip(k, 0, self.k_ids.shape[1] - 1)
+    return self.q_ids[batch, q] == self.k_ids[batch, k]
+
+  def summary(self, grid: Grid):
+    q_min, q_max = _chunk_min_max(self.q_ids, grid.q_offset, grid.T, grid.Cq,
+                                  grid.num_q)
+    k_min, k_max = _chunk_min_max(self.k_ids, 0, grid.S, grid.Ck, grid.num_k)
+    q_min, q_max = q_min[:, :, None], q_max[:, :, None]
+    k_min, k_max = k_min[:, None, :], k_max[:, None, :]
+    return ((q_min <= k_max) & (k_min <= q_max),
+            (q_min == q_max) & (k_min == k_max) & (q_min == k_min))
+
+
+def document(segment_ids, kv_segment_ids=None) -> Mask:
+  """Packed sequences: query t sees key s only when both belong to the same
+  document, `segment_ids[b, t] == kv_segment_ids[b, s]` (int `[B, T]` and
+  `[B, S]`; default the same). Tiles are skipped from each chunk's smallest
+  and largest id, so contiguous documents cost what they compute."""
+  q_ids = _int_array('document segment_ids', segment_ids, 2)
+  k_ids = q_ids if kv_segment_ids is None else _int_array(
+      'document kv_segment_ids', kv_segment_ids, 2)
+  if k_ids.shape[0] != q_ids.shape[0]:
+    raise ValueError(f'kv_segment_ids has {k_ids.shape[0]} rows, '
+                     f'segment_ids {q_ids.shape[0]}')
+  return Document(q_ids, k_ids)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Before(Mask):
+  """Positions (of keys, or of queries) below a length."""
+
+  length: Any  # int, or int [B]
+  of_keys: bool = True
+
+  def __post_init__(self):
+    object.__setattr__(self, 'per_example', np.ndim(self.length) == 1)
+
+  @property
+  def batch_size(self):
+    return self.length.shape[0] if self.per_example else None
+
+  def __call__(self, batch, head, q, k):
+    length = self.length[batch] if self.per_example else self.length
+    return (k if self.of_keys else q) < length
+
+  def summary(self, grid: Grid):
+    lo, hi = grid.k_range() if self.of_keys else grid.q_range()
+    length = self.length
+    if self.per_example:
+      lo, hi, length = lo[None], hi[None], length[:, None, None]
+    return full(grid, lo < length, hi < length)
+
+
+def _length(name, value):
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if value < 0:
+      raise ValueError(f'{name} must be >= 0, got {value}')
+    return int(value)
+  return _int_array(name, value, 1)
+
+
+def key_lengths(lengths) -> Mask:
+  """Keys past `lengths[b]` are padding (int `[B]`, or one int)."""
+  return Before(_length('key_lengths', lengths), of_keys=True)
+
+
+def query_lengths(lengths) -> Mask:
+  """Queries past `lengths[b]` are padding and see nothing."""
+  return Before(_length('query_lengths', lengths), of_keys=False)
+
+
+def prefix_lm(prefix_length) -> Mask:
+  """Prefix LM (Raffel et al. 2020, arXiv 1910.10683): every query sees the
+  first `prefix_length` keys (int, or int `[B]`) and, after them, causally."""
+  return causal() | Before(_length('prefix_lm prefix_length', prefix_length))
