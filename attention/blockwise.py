@@ -34,6 +34,7 @@ from jax import lax
 from attention import arguments
 from attention import kv_cache
 from attention import masking
+from attention import masks
 from attention import reference
 from attention import registry
 from attention import shapes
@@ -44,16 +45,19 @@ def _forward(plan: tiles.Plan, q, k, v, extras):
   """Returns out `[B, K, Tp*G, H]` (q's dtype) and lse `[B, K, Tp*G]` (f32)."""
   B, K, _, H = q.shape
   R, Ck = plan.R, plan.Ck
+  order, partial, count = (jnp.asarray(x) for x in tiles.tile_lists(
+      plan, extras[2])[0])
 
   def query_chunk(i, carry):
     out, lse = carry
     q_i = lax.dynamic_slice_in_dim(q, i * R, R, axis=2)
 
-    def key_chunk(j, state):
+    def key_chunk(full, n, state):
       m, l, acc = state
+      j = order[i, n]
       k_j = lax.dynamic_slice_in_dim(k, j * Ck, Ck, axis=2)
       v_j = lax.dynamic_slice_in_dim(v, j * Ck, Ck, axis=2)
-      s, _ = tiles.tile_logits(plan, q_i, k_j, i, j, extras)
+      s, _ = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       # Rows that saw only masked keys so far have m_new = NEG_INF and gather
       # junk here; the first visible key rescales it by e^(NEG_INF - m') = 0,
@@ -69,8 +73,11 @@ def _forward(plan: tiles.Plan, q, k, v, extras):
     init = (jnp.full((B, K, R), masking.NEG_INF, jnp.float32),
             jnp.zeros((B, K, R), jnp.float32),
             jnp.zeros((B, K, R, H), jnp.float32))
-    lo, hi = tiles.key_chunks_for(plan, i, q_len=extras[2], kv_len=extras[3])
-    m, l, acc = lax.fori_loop(lo, hi, key_chunk, init)
+    # Partly visible tiles (masked), then fully visible ones (not masked).
+    state = lax.fori_loop(0, partial[i], functools.partial(key_chunk, False),
+                          init)
+    m, l, acc = lax.fori_loop(partial[i], count[i],
+                              functools.partial(key_chunk, True), state)
     seen = m > masking.MASKED_BELOW
     l = jnp.where(seen, l, 1.0)
     out_i = jnp.where(seen[..., None], acc / l[..., None], 0.0)
@@ -92,18 +99,22 @@ def _backward(plan: tiles.Plan, residuals, d_out):
   f32 = functools.partial(jnp.einsum, precision=plan.precision,
                           preferred_element_type=jnp.float32)
 
+  order, partial, count = (jnp.asarray(x) for x in tiles.tile_lists(
+      plan, extras[2])[1])
+
   def key_chunk(j, carry):
     dq, dk, dv, dbias = carry
     k_j = lax.dynamic_slice_in_dim(k, j * Ck, Ck, axis=2)
     v_j = lax.dynamic_slice_in_dim(v, j * Ck, Ck, axis=2)
 
-    def query_chunk(i, state):
+    def query_chunk(full, n, state):
       dq, dk_j, dv_j, dbias = state
+      i = order[j, n]
       q_i, do_i = (lax.dynamic_slice_in_dim(x, i * R, R, axis=2)
                    for x in (q, d_out))
       lse_i, delta_i = (lax.dynamic_slice_in_dim(x, i * R, R, axis=2)
                         for x in (lse, delta))
-      s, cap_slope = tiles.tile_logits(plan, q_i, k_j, i, j, extras)
+      s, cap_slope = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full)
       p = jnp.exp(s - lse_i[..., None])
       dv_j += f32('BKRC,BKRH->BKCH', p.astype(d_out.dtype), do_i)
       dp = f32('BKRH,BKCH->BKRC', do_i, v_j)
@@ -119,9 +130,10 @@ def _backward(plan: tiles.Plan, residuals, d_out):
       return dq, dk_j, dv_j, dbias
 
     zeros = jnp.zeros(k_j.shape, jnp.float32)
-    lo, hi = tiles.query_chunks_for(plan, j, q_len=extras[2], kv_len=extras[3])
-    dq, dk_j, dv_j, dbias = lax.fori_loop(lo, hi, query_chunk,
-                                          (dq, zeros, zeros, dbias))
+    state = lax.fori_loop(0, partial[j], functools.partial(query_chunk, False),
+                          (dq, zeros, zeros, dbias))
+    dq, dk_j, dv_j, dbias = lax.fori_loop(
+        partial[j], count[j], functools.partial(query_chunk, True), state)
     dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * Ck, axis=2)
     dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * Ck, axis=2)
     return dq, dk, dv, dbias
@@ -136,20 +148,22 @@ def _backward(plan: tiles.Plan, residuals, d_out):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(plan, q, k, v, bias, mask, q_len, kv_len, alibi_KR):
-  extras = (bias, mask, q_len, kv_len, alibi_KR)
+def _attend(plan, q, k, v, bias, dense_mask, mask, alibi_KR):
+  extras = (bias, dense_mask, mask, alibi_KR)
   return _forward(plan, q, k, v, extras)[0]
 
 
-def _attend_fwd(plan, q, k, v, bias, mask, q_len, kv_len, alibi_KR):
-  extras = (bias, mask, q_len, kv_len, alibi_KR)
+def _attend_fwd(plan, q, k, v, bias, dense_mask, mask, alibi_KR):
+  extras = (bias, dense_mask, mask, alibi_KR)
   out, lse = _forward(plan, q, k, v, extras)
   return out, (q, k, v, extras, out, lse)
 
 
 def _attend_bwd(plan, residuals, d_out):
   dq, dk, dv, dbias = _backward(plan, residuals, d_out)
-  return dq, dk, dv, dbias, None, None, None, None
+  mask = residuals[3][2]
+  no_mask_cotangent = jax.tree.map(lambda x: None, mask)
+  return dq, dk, dv, dbias, None, no_mask_cotangent, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -192,9 +206,12 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
     key: `[B, S, K, H]`, K dividing N (GQA/MQA without repeating heads).
     value: `[B, S, K, H]`.
     bias: optional, added to the logits; broadcasts to `[B, N, T, S]`.
-    mask: optional, True (or nonzero, as Flax's float masks) where a query
-      may attend; broadcasts to `[B, N, T, S]`. Causal, window and length
-      masks never need one: they are built per tile from positions.
+    mask: optional: an `attention.masks` object, evaluated per tile from
+      positions, whose empty tiles are never visited and full ones never
+      masked elementwise; or, as in `jax.nn`, an array, True (or nonzero,
+      as Flax's float masks) where a query may attend, broadcasting to
+      `[B, N, T, S]` (sliced per tile, every tile visited). Causal, window
+      and length masks never need one.
     scale: logit scale; default `1 / sqrt(H)`.
     is_causal: query `t` sees keys `s <= t`.
     query_seq_lengths: optional int `[B]`; queries past it output zeros.
@@ -235,15 +252,21 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   Cq, Ck = min(query_chunk_size, T), min(key_chunk_size, S)
   num_q, num_k = -(-T // Cq), -(-S // Ck)
   Tp, Sp = num_q * Cq, num_k * Ck
-  rules = masking.PositionRules(is_causal=is_causal, window=args.window, S=S,
-                                key_padding=Sp != S)
-  plan = tiles.Plan(rules=rules, scale=args.scale, T=T, G=G, Cq=Cq, Ck=Ck,
+  plan = tiles.Plan(scale=args.scale, T=T, S=S, G=G, Cq=Cq, Ck=Ck,
                     num_q=num_q, num_k=num_k, precision=precision,
                     soft_cap=args.logits_soft_cap)
+  mask, dense_mask = masks.split(mask)
+  mask = masks.all_of(
+      masks.checked_batch(mask, B).bind(T, S) if mask is not None else None,
+      masks.causal() if is_causal else None,
+      masks.sliding_window(*args.window) if args.window else None,
+      masks.query_lengths(args.q_len) if args.q_len is not None else None,
+      masks.key_lengths(args.kv_len) if args.kv_len is not None else None,
+      masks.key_lengths(S) if Sp != S else None)  # padded keys
   if bias is not None:
     bias = _bnts_for_kernel('bias', bias, dims, Tp, Sp)
-  if mask is not None:
-    mask = _bnts_for_kernel('mask', mask, dims, Tp, Sp)
+  if dense_mask is not None:
+    dense_mask = _bnts_for_kernel('mask', dense_mask, dims, Tp, Sp)
 
   q_BKRH = _pad_axis(query, 1, Tp).reshape(B, Tp, K, G, H)
   q_BKRH = q_BKRH.transpose(0, 2, 1, 3, 4).reshape(B, K, Tp * G, H)
@@ -252,8 +275,8 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   alibi_KR = None
   if args.alibi_slopes is not None:
     alibi_KR = tiles.alibi_rows(plan, args.alibi_slopes)
-  out = _attend(plan, q_BKRH, k_BKSH, v_BKSH, bias, mask, args.q_len,
-                args.kv_len, alibi_KR)
+  out = _attend(plan, q_BKRH, k_BKSH, v_BKSH, bias, dense_mask, mask,
+                alibi_KR)
   out = out.reshape(B, K, Tp, G, H).transpose(0, 2, 1, 3, 4)
   return out.reshape(B, Tp, N, H)[:, :T]
 

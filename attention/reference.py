@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from attention import arguments
 from attention import kv_cache
 from attention import masking
+from attention import masks
 from attention import positional
 from attention import registry
 from attention import shapes
@@ -48,7 +49,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
     value: `[B, S, K, H]`.
     bias: optional, added to the logits; broadcasts to `[B, N, T, S]`.
     mask: optional, True (or nonzero, as Flax's float masks) where a query
-      may attend; broadcasts to `[B, N, T, S]`.
+      may attend; broadcasts to `[B, N, T, S]`. Or an `attention.masks`
+      object (evaluated whole here: this is the O(T S) reference).
     scale: logit scale; default `1 / sqrt(H)`.
     is_causal: query `t` sees keys `s <= t`.
     query_seq_lengths: optional int `[B]`; queries past it output zeros.
@@ -100,9 +102,14 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
                           args.kv_len)
   if visible is not None:
     visible = visible[:, None, None]
-  if mask is not None:
-    mask = group_heads(shapes.check_bnts('mask', mask, dims), dims)
-    visible = mask if visible is None else visible & mask
+  mask, dense_mask = masks.split(mask)
+  if mask is not None:  # a Mask object, evaluated whole: [B|1, N|1, T, S]
+    dense_mask = masks.evaluate(masks.checked_batch(mask, B).bind(T, S),
+                                dims.N, T, S)
+  if dense_mask is not None:
+    dense_mask = group_heads(shapes.check_bnts('mask', dense_mask, dims),
+                             dims)
+    visible = dense_mask if visible is None else visible & dense_mask
   if visible is not None:
     logits_BKGTS = jnp.where(visible, logits_BKGTS, masking.NEG_INF)
 

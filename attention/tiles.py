@@ -1,36 +1,40 @@
-"""Tiles for blockwise kernels: the plan, per-tile logits, visible tile ranges.
+"""Tiles for blockwise kernels: the plan, which tiles to visit, tile logits.
 
 Kernels hold queries as `[B, K, T*G, H]`: the G query heads that share a
 key/value head are rows next to each other, so a chunk of C query positions
 is one contiguous `[C*G, H]` slab of R = C*G rows per key head, and a tile's
 logits are `[B, K, R, C]`. Row `r` of query chunk `i` is position
-`i * C_q + r // G`.
+`i * C_q + r // G` and head `k * G + r % G`.
 
-Masks are built per tile from these positions (`masking.PositionRules`);
-which key chunks a query chunk can see at all (and the converse, for the
-backward pass) is decided from the positions of the chunks' first and last
-elements, never from chunk indices, so query and key chunks of different
-sizes are handled alike.
+Which keys a query sees is one `attention.masks.Mask` (causal, window and
+lengths included), evaluated per tile from positions. Which tiles to visit
+at all comes from the mask's tile summary (`tile_lists`): per query chunk,
+the key chunks that may hold a visible pair, first, and whether each is
+fully visible (then the elementwise mask is skipped); the transpose serves
+the backward pass. Position masks give these lists as NumPy constants while
+tracing; masks of data (lengths, segment ids) compute them on device.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from attention import masking
+from attention import masks as masks_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """Static description of one tiled attention call."""
 
-  rules: masking.PositionRules
   scale: float
   T: int  # true query length (queries are padded to num_q * Cq)
+  S: int  # true key length (keys are padded to num_k * Ck)
   G: int
   Cq: int  # query chunk length
   Ck: int  # key chunk length
@@ -43,6 +47,47 @@ class Plan:
   def R(self) -> int:
     """Rows of one query tile: Cq positions x G heads."""
     return self.Cq * self.G
+
+  def grid(self) -> masks_lib.Grid:
+    """The padded problem's tiles."""
+    return masks_lib.Grid(self.num_q * self.Cq, self.num_k * self.Ck,
+                          self.Cq, self.Ck)
+
+
+class Lists(NamedTuple):
+  """Tiles to visit: in row i, the columns `order[i, :partial[i]]` are
+  partly visible (masked elementwise), `order[i, partial[i]:count[i]]`
+  fully visible (no mask); the rest are skipped."""
+
+  order: Any  # int32 [rows, cols]
+  partial: Any  # int32 [rows]
+  count: Any  # int32 [rows]
+
+
+def _lists(some, every) -> Lists:
+  xp = masks_lib.base.xp_of(some, every)
+  every = every & some
+  kind = xp.where(every, 1, xp.where(some, 0, 2))  # partial, full, skipped
+  if xp is np:
+    order = np.argsort(kind, axis=1, kind='stable')
+  else:
+    order = jnp.argsort(kind, axis=1, stable=True)
+  return Lists(order.astype(np.int32),
+               (some & ~every).sum(1).astype(np.int32),
+               some.sum(1).astype(np.int32))
+
+
+def tile_lists(plan: Plan, mask) -> tuple[Lists, Lists]:
+  """Key chunks per query chunk (forward) and query chunks per key chunk
+  (backward) that `mask` leaves visible; None: every tile, all full."""
+  if mask is None:
+    some = np.ones((plan.num_q, plan.num_k), bool)
+    every = some
+  else:
+    some, every = mask.summary(plan.grid())
+    if some.ndim == 3:  # one tile loop serves the whole batch
+      some, every = some.any(0), every.all(0)
+  return _lists(some, every), _lists(some.T, every.T)
 
 
 def slice_axis(x, axis, start, size):
@@ -72,14 +117,26 @@ def alibi_rows(plan: Plan, slopes_N):
   return jnp.tile(slopes_N.reshape(-1, plan.G), (1, plan.Cq))
 
 
-def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras):
+def tile_positions(plan: Plan, i, j):
+  """`(batch, head, q, k)` of tile (i, j), shaped to give `[B, K, R, Ck]`
+  (batch comes from the mask's own data, so it is `[B, 1, 1, 1]` iota)."""
+  r = jnp.arange(plan.R)
+  q = (i * plan.Cq + r // plan.G)[None, None, :, None]
+  k = (j * plan.Ck + jnp.arange(plan.Ck))[None, None, None, :]
+  return q, k, r
+
+
+def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras, full=False):
   """Float32 logits `[B, K, R, Ck]` of tile (i, j), and the soft-cap slope.
 
   Logits are scaled, soft-capped, biased (bias and ALiBi) and masked; the
   second result is `d capped / d scaled` (`[B, K, R, Ck]`), or None when
-  there is no cap. `extras` is `(bias, mask, q_len, kv_len, alibi_KR)`.
+  there is no cap. `extras` is `(bias, dense_mask, mask, alibi_KR)`. A
+  `full` tile (a static flag: kernels loop over partial and full tiles
+  apart) skips the elementwise mask, unless a dense mask is given.
   """
-  bias, mask, q_len, kv_len, alibi_KR = extras
+  bias, dense_mask, mask, alibi_KR = extras
+  K = q_BKRH.shape[1]
   logits_BKRC = jnp.einsum(
       'BKRH,BKCH->BKRC', q_BKRH, k_BKCH, precision=plan.precision,
       preferred_element_type=jnp.float32)
@@ -91,77 +148,22 @@ def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras):
     cap_slope = 1.0 - tanh * tanh
   if bias is not None:
     logits_BKRC += bnts_tile(plan, bias, i, j).astype(jnp.float32)
-  q_pos = i * plan.Cq + jnp.arange(plan.R) // plan.G
-  k_pos = j * plan.Ck + jnp.arange(plan.Ck)
+  q_pos, k_pos, r = tile_positions(plan, i, j)
   if alibi_KR is not None:
-    distance = jnp.abs(q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)
-    logits_BKRC -= alibi_KR[None, :, :, None] * distance[None, None]
-  visible = plan.rules.visible(q_pos, k_pos, q_len, kv_len)
-  if visible is not None:
-    visible = visible[:, None]
-  if mask is not None:
-    tile = bnts_tile(plan, mask, i, j)
+    distance = jnp.abs(q_pos - k_pos).astype(jnp.float32)
+    logits_BKRC -= alibi_KR[None, :, :, None] * distance
+  visible = None
+  if mask is not None and not full:
+    batch = jnp.arange(mask.batch_size or 1)[:, None, None, None]
+    head = (jnp.arange(K)[:, None] * plan.G + r[None, :] % plan.G)[
+        None, :, :, None]
+    visible = mask(batch, head, q_pos, k_pos)
+  if dense_mask is not None:
+    tile = bnts_tile(plan, dense_mask, i, j)
     visible = tile if visible is None else visible & tile
   if visible is not None:
     logits_BKRC = jnp.where(visible, logits_BKRC, masking.NEG_INF)
   return logits_BKRC, cap_slope
-
-
-def _reach(rules: masking.PositionRules, from_keys: bool):
-  """Offsets `(below, above)`: position p sees the other side's positions
-  `[p - below, p + above]` (None: unbounded). Queries see keys by the
-  rules; keys are seen by queries under the mirrored rules."""
-  below = above = None
-  if rules.window is not None:
-    below, above = rules.window[::-1] if from_keys else rules.window
-  if rules.is_causal:  # k <= q, that is q >= k
-    if from_keys:
-      below = 0 if below is None else min(below, 0)
-    else:
-      above = 0 if above is None else min(above, 0)
-  return below, above
-
-
-def _visible_chunks(first, last, reach, other_last, size, count):
-  """Chunks `[lo, hi)` of the other side that positions first..last see.
-
-  `other_last` caps the other side's positions (its length or largest
-  sequence length, -1 when nothing is seen).
-  """
-  below, above = reach
-  lo = jnp.int32(0) if below is None else jnp.maximum(first - below, 0)
-  hi = other_last if above is None else jnp.minimum(other_last, last + above)
-  lo_chunk = jnp.clip(lo // size, 0, count)
-  hi_chunk = jnp.clip(hi // size + 1, lo_chunk, count)
-  return lo_chunk, jnp.where(hi >= lo, hi_chunk, lo_chunk)
-
-
-def _last_seen(length, lengths, own_first, own_lengths):
-  """Last position of the other side in reach, or -1 if no row is live."""
-  last = jnp.int32(length - 1)
-  if lengths is not None:
-    last = jnp.minimum(last, jnp.max(lengths) - 1)
-  if own_lengths is not None:
-    last = jnp.where(own_first < jnp.max(own_lengths), last, -1)
-  return last
-
-
-def key_chunks_for(plan: Plan, i, q_len, kv_len):
-  """Key chunks `[lo, hi)` that query chunk `i` can see (int32 scalars)."""
-  first = i * plan.Cq
-  last = jnp.minimum(first + plan.Cq, plan.T) - 1
-  return _visible_chunks(
-      first, last, _reach(plan.rules, from_keys=False),
-      _last_seen(plan.rules.S, kv_len, first, q_len), plan.Ck, plan.num_k)
-
-
-def query_chunks_for(plan: Plan, j, q_len, kv_len):
-  """Query chunks `[lo, hi)` that can see key chunk `j` (int32 scalars)."""
-  first = j * plan.Ck
-  last = jnp.minimum(first + plan.Ck, plan.rules.S) - 1
-  return _visible_chunks(
-      first, last, _reach(plan.rules, from_keys=True),
-      _last_seen(plan.T, q_len, first, kv_len), plan.Cq, plan.num_q)
 
 
 def reduce_to(array, shape):

@@ -34,7 +34,8 @@ N for per-head ones), `mask.layout(T, S, Cq, Ck)` the tiles a kernel visits
 and `render(layout)` draws them as text.
 """
 
-from attention.masks.base import Grid, Mask, per_head, render
+from attention.masks.base import (Grid, Mask, all_of, checked_batch, evaluate,
+                                  per_head, render, split)
 from attention.masks.data import (document, global_tokens, key_lengths,
                                   prefix_lm, query_lengths, random_blocks)
 from attention.masks.patterns import (causal, chunked, fixed, sliding_window,
@@ -43,9 +44,12 @@ from attention.masks.patterns import (causal, chunked, fixed, sliding_window,
 __all__ = [
     'Grid',
     'Mask',
+    'all_of',
+    'checked_batch',
     'causal',
     'chunked',
     'document',
+    'evaluate',
     'fixed',
     'global_tokens',
     'key_lengths',
@@ -55,5 +59,6 @@ __all__ = [
     'random_blocks',
     'render',
     'sliding_window',
+    'split',
     'strided',
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -65,8 +66,25 @@ def full(grid: Grid, some, every):
           xp.broadcast_to(every, shape(every)))
 
 
+def pytree(*data_fields):
+  """Registers a mask dataclass as a pytree: `data_fields` are leaves (its
+  arrays, traced under `jit`), the other fields static."""
+  def register(cls):
+    fields = [f.name for f in dataclasses.fields(cls)]
+    jax.tree_util.register_dataclass(
+        cls, data_fields=list(data_fields),
+        meta_fields=[f for f in fields if f not in data_fields])
+    return cls
+  return register
+
+
 class Mask:
-  """A boolean pattern over (batch, head, query position, key position)."""
+  """A boolean pattern over (batch, head, query position, key position).
+
+  Masks are pytrees: the arrays they hold (segment ids, lengths) are leaves,
+  so they pass through `jit` and custom VJPs as arguments; their static
+  settings are the tree's structure.
+  """
 
   per_example = False  # depends on the batch row (it holds data)
   per_head = False  # differs between heads
@@ -110,11 +128,7 @@ class Mask:
     default its number of patterns). For tests and pictures: O(T S)."""
     mask = self.bind(T, S)
     B, N = mask.batch_size or 1, num_heads or mask.count
-    visible = mask(jnp.arange(B)[:, None, None, None],
-                   jnp.arange(N)[None, :, None, None],
-                   jnp.arange(T)[None, None, :, None],
-                   jnp.arange(S)[None, None, None, :])
-    out = np.asarray(jnp.broadcast_to(visible, (B, N, T, S)))
+    out = np.asarray(jnp.broadcast_to(evaluate(mask, N, T, S), (B, N, T, S)))
     out = out if mask.per_head else out[:, 0]
     return out if mask.per_example else out[0]
 
@@ -146,6 +160,7 @@ def _with_batch(array):
   return array if np.ndim(array) == 3 else array[None]
 
 
+@pytree('parts')
 @dataclasses.dataclass(frozen=True, eq=False)
 class Combined(Mask):
   """`a & b` or `a | b` of masks."""
@@ -153,11 +168,17 @@ class Combined(Mask):
   op: str  # 'and' or 'or'
   parts: tuple[Mask, ...]
 
-  def __post_init__(self):
-    set_ = lambda name, value: object.__setattr__(self, name, value)
-    set_('per_example', any(p.per_example for p in self.parts))
-    set_('per_head', any(p.per_head for p in self.parts))
-    set_('count', int(np.lcm.reduce([p.count for p in self.parts])))
+  @property
+  def per_example(self):
+    return any(p.per_example for p in self.parts)
+
+  @property
+  def per_head(self):
+    return any(p.per_head for p in self.parts)
+
+  @property
+  def count(self):
+    return int(np.lcm.reduce([p.count for p in self.parts]))
 
   @property
   def batch_size(self):
@@ -190,6 +211,7 @@ class Combined(Mask):
     return some, every
 
 
+@pytree('patterns')
 @dataclasses.dataclass(frozen=True, eq=False)
 class PerHead(Mask):
   """Head h sees what `patterns[h % len(patterns)]` lets it."""
@@ -197,10 +219,13 @@ class PerHead(Mask):
   patterns: tuple[Mask, ...]
   per_head = True
 
-  def __post_init__(self):
-    object.__setattr__(self, 'count', len(self.patterns))
-    object.__setattr__(self, 'per_example',
-                       any(p.per_example for p in self.patterns))
+  @property
+  def count(self):
+    return len(self.patterns)
+
+  @property
+  def per_example(self):
+    return any(p.per_example for p in self.patterns)
 
   @property
   def batch_size(self):
@@ -222,6 +247,38 @@ class PerHead(Mask):
     some = Combined('or', self.patterns).summary(grid)[0]
     every = Combined('and', self.patterns).summary(grid)[1]
     return some, every
+
+
+def all_of(*parts) -> Mask | None:
+  """The `&` of the masks given (None entries left out); None if none."""
+  parts = [p for p in parts if p is not None]
+  if not parts:
+    return None
+  return parts[0] if len(parts) == 1 else Combined('and', tuple(parts))
+
+
+def split(mask):
+  """A kernel's `mask=` argument as `(Mask or None, boolean array or None)`:
+  a `Mask` object, or an array as `jax.nn` takes it."""
+  if mask is None or isinstance(mask, Mask):
+    return mask, None
+  return None, mask
+
+
+def checked_batch(mask: Mask, batch_size: int) -> Mask:
+  """`mask`, after checking that its data has `batch_size` rows."""
+  if mask.batch_size not in (None, batch_size):
+    raise ValueError(f'mask holds data for {mask.batch_size} examples, the '
+                     f'inputs have B={batch_size}')
+  return mask
+
+
+def evaluate(mask: Mask, num_heads: int, T: int, S: int):
+  """The whole mask, bool `[B|1, N|1, T, S]` (jnp): O(T S) memory."""
+  return mask(jnp.arange(mask.batch_size or 1)[:, None, None, None],
+              jnp.arange(num_heads)[None, :, None, None],
+              jnp.arange(T)[None, None, :, None],
+              jnp.arange(S)[None, None, None, :])
 
 
 def per_head(*patterns: Mask) -> Mask:

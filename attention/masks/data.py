@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention.masks.base import Grid, Mask, full, xp_of
+from attention.masks.base import Grid, Mask, full, pytree, xp_of
 from attention.masks.patterns import causal, positive_int
 
 _NOWHERE = np.int32(2**30)  # a position no sequence reaches
@@ -37,38 +37,54 @@ def _count_between(sorted_P, lo, hi, xp):
   return jax.vmap(count, in_axes=(0, None, None))(sorted_P, lo[0], hi[0])
 
 
+@pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
 class GlobalTokens(Mask):
   """Listed positions see every key and are seen by every query."""
 
-  positions: Any  # sorted unique NumPy [P], or int [B, P] (< 0: unused)
+  positions: tuple[int, ...]  # sorted, unique
 
-  def __post_init__(self):
-    object.__setattr__(self, 'per_example', np.ndim(self.positions) == 2)
+  def __call__(self, batch, head, q, k):
+    listed = jnp.asarray(self.positions, jnp.int32)
+    return jnp.isin(q, listed) | jnp.isin(k, listed)
+
+  def summary(self, grid: Grid):
+    return _global_summary(grid, np.asarray(self.positions, np.int32))
+
+
+@pytree('positions')
+@dataclasses.dataclass(frozen=True, eq=False)
+class GlobalTokensPerExample(Mask):
+  """Global positions per example: int `[B, P]`, entries < 0 unused."""
+
+  positions: Any
+  per_example = True
 
   @property
   def batch_size(self):
-    return self.positions.shape[0] if self.per_example else None
+    return self.positions.shape[0]
 
   def __call__(self, batch, head, q, k):
-    if not self.per_example:
-      listed = jnp.asarray(self.positions)
-      return jnp.isin(q, listed) | jnp.isin(k, listed)
     rows = self.positions[batch]  # batch's shape + [P]
     return (jnp.any(q[..., None] == rows, -1) |
             jnp.any(k[..., None] == rows, -1))
 
   def summary(self, grid: Grid):
-    (q_lo, q_hi), (k_lo, k_hi) = grid.q_range(), grid.k_range()
-    listed = self.positions
-    if self.per_example:  # unused entries sort last, out of every range
-      listed = jnp.sort(jnp.where(listed < 0, _NOWHERE, listed), axis=-1)
-      q_lo, q_hi, k_lo, k_hi = (x[None] for x in (q_lo, q_hi, k_lo, k_hi))
-    xp = xp_of(listed, q_lo)
-    in_q = _count_between(listed, q_lo, q_hi, xp)
-    in_k = _count_between(listed, k_lo, k_hi, xp)
-    return full(grid, (in_q > 0) | (in_k > 0),
-                (in_q == q_hi - q_lo + 1) | (in_k == k_hi - k_lo + 1))
+    # Unused entries sort last, out of every range.
+    listed = jnp.sort(jnp.where(self.positions < 0, _NOWHERE,
+                                self.positions), axis=-1)
+    return _global_summary(grid, listed)
+
+
+def _global_summary(grid, listed):
+  (q_lo, q_hi), (k_lo, k_hi) = grid.q_range(), grid.k_range()
+  if listed.ndim == 2:
+    q_lo, q_hi, k_lo, k_hi = (x[None] for x in (q_lo, q_hi, k_lo, k_hi))
+  xp = xp_of(listed, q_lo)
+  in_q = _count_between(listed, q_lo, q_hi, xp)
+  in_k = _count_between(listed, k_lo, k_hi, xp)
+  return full(grid, (in_q > 0) | (in_k > 0),
+              (in_q == q_hi - q_lo + 1) | (in_k == k_hi - k_lo + 1))
 
 
 def global_tokens(positions) -> Mask:
@@ -82,10 +98,12 @@ def global_tokens(positions) -> Mask:
     if listed.size and listed[0] < 0:
       raise ValueError(f'global_tokens positions must be >= 0, got '
                        f'{listed[0]}')
-    return GlobalTokens(listed.astype(np.int32))
-  return GlobalTokens(_int_array('global_tokens positions', positions, 2))
+    return GlobalTokens(tuple(int(p) for p in listed))
+  return GlobalTokensPerExample(_int_array('global_tokens positions',
+                                           positions, 2))
 
 
+@pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
 class RandomBlocks(Mask):
   """Each query block sees `num_blocks` key blocks of one fixed draw."""
@@ -93,23 +111,23 @@ class RandomBlocks(Mask):
   num_blocks: int
   block_size: int
   seed: int
-  table: Any = None  # [query blocks, num_blocks] key block ids, once bound
+  # Once bound: key block ids per query block (a tuple: static and hashed).
+  table: tuple[tuple[int, ...], ...] | None = None
 
   def bind(self, T, S):
     bs = self.block_size
     num_q, num_k = -(-T // bs), -(-S // bs)
     draws = min(self.num_blocks, num_k)
-    table = np.stack([
-        np.random.default_rng((self.seed, i)).choice(num_k, draws,
-                                                     replace=False)
-        for i in range(num_q)]).astype(np.int32)
+    table = tuple(tuple(int(b) for b in np.random.default_rng(
+        (self.seed, i)).choice(num_k, draws, replace=False))
+                  for i in range(num_q))
     return dataclasses.replace(self, table=table)
 
   def _table(self):
     if self.table is None:
       raise ValueError('random_blocks draws per sequence length: bind the '
                        'mask first (mask.bind(T, S)); kernels do')
-    return self.table
+    return np.asarray(self.table, np.int32)
 
   def __call__(self, batch, head, q, k):
     table = jnp.asarray(self._table())
@@ -143,15 +161,17 @@ def random_blocks(num_blocks: int, block_size: int, seed: int = 0) -> Mask:
                       int(seed))
 
 
-def _chunk_min_max(ids_BL, start, length, size, count):
-  """Min and max id `[B, count]` over chunks of `size` of
-  `ids[:, start:start + length]` (the last chunk repeats its end)."""
-  ids = jax.lax.dynamic_slice_in_dim(ids_BL, start, length, axis=1)
-  ids = jnp.pad(ids, ((0, 0), (0, count * size - length)), mode='edge')
+def _chunk_min_max(ids_BL, start, size, count):
+  """Min and max id `[B, count]` over the chunks of `size` positions from
+  `start` (positions past the ids repeat the last id, as the mask does)."""
+  need = count * size
+  ids = jnp.pad(ids_BL, ((0, 0), (0, need)), mode='edge')
+  ids = jax.lax.dynamic_slice_in_dim(ids, start, need, axis=1)
   ids = ids.reshape(ids.shape[0], count, size)
   return ids.min(-1), ids.max(-1)
 
 
+@pytree('q_ids', 'k_ids')
 @dataclasses.dataclass(frozen=True, eq=False)
 class Document(Mask):
   """Queries see keys of their own segment."""
@@ -170,9 +190,9 @@ class Document(Mask):
     return self.q_ids[batch, q] == self.k_ids[batch, k]
 
   def summary(self, grid: Grid):
-    q_min, q_max = _chunk_min_max(self.q_ids, grid.q_offset, grid.T, grid.Cq,
+    q_min, q_max = _chunk_min_max(self.q_ids, grid.q_offset, grid.Cq,
                                   grid.num_q)
-    k_min, k_max = _chunk_min_max(self.k_ids, 0, grid.S, grid.Ck, grid.num_k)
+    k_min, k_max = _chunk_min_max(self.k_ids, 0, grid.Ck, grid.num_k)
     q_min, q_max = q_min[:, :, None], q_max[:, :, None]
     k_min, k_max = k_min[:, None, :], k_max[:, None, :]
     return ((q_min <= k_max) & (k_min <= q_max),
@@ -193,51 +213,64 @@ def document(segment_ids, kv_segment_ids=None) -> Mask:
   return Document(q_ids, k_ids)
 
 
+@pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
 class Before(Mask):
-  """Positions (of keys, or of queries) below a length."""
+  """Positions (of keys, or of queries) below a length, one for all rows."""
 
-  length: Any  # int, or int [B]
+  length: int
   of_keys: bool = True
 
-  def __post_init__(self):
-    object.__setattr__(self, 'per_example', np.ndim(self.length) == 1)
-
-  @property
-  def batch_size(self):
-    return self.length.shape[0] if self.per_example else None
-
   def __call__(self, batch, head, q, k):
-    length = self.length[batch] if self.per_example else self.length
-    return (k if self.of_keys else q) < length
+    return (k if self.of_keys else q) < self.length
 
   def summary(self, grid: Grid):
     lo, hi = grid.k_range() if self.of_keys else grid.q_range()
-    length = self.length
-    if self.per_example:
-      lo, hi, length = lo[None], hi[None], length[:, None, None]
-    return full(grid, lo < length, hi < length)
+    return full(grid, lo < self.length, hi < self.length)
 
 
-def _length(name, value):
+@pytree('lengths')
+@dataclasses.dataclass(frozen=True, eq=False)
+class BeforeLengths(Mask):
+  """Positions (of keys, or of queries) below each row's length `[B]`."""
+
+  lengths: Any
+  of_keys: bool = True
+  per_example = True
+
+  @property
+  def batch_size(self):
+    return self.lengths.shape[0]
+
+  def __call__(self, batch, head, q, k):
+    return (k if self.of_keys else q) < self.lengths[batch]
+
+  def summary(self, grid: Grid):
+    lo, hi = grid.k_range() if self.of_keys else grid.q_range()
+    lengths = self.lengths[:, None, None]
+    return full(grid, lo[None] < lengths, hi[None] < lengths)
+
+
+def _before(name, value, of_keys) -> Mask:
   if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
     if value < 0:
       raise ValueError(f'{name} must be >= 0, got {value}')
-    return int(value)
-  return _int_array(name, value, 1)
+    return Before(int(value), of_keys)
+  return BeforeLengths(_int_array(name, value, 1), of_keys)
 
 
 def key_lengths(lengths) -> Mask:
   """Keys past `lengths[b]` are padding (int `[B]`, or one int)."""
-  return Before(_length('key_lengths', lengths), of_keys=True)
+  return _before('key_lengths', lengths, of_keys=True)
 
 
 def query_lengths(lengths) -> Mask:
   """Queries past `lengths[b]` are padding and see nothing."""
-  return Before(_length('query_lengths', lengths), of_keys=False)
+  return _before('query_lengths', lengths, of_keys=False)
 
 
 def prefix_lm(prefix_length) -> Mask:
   """Prefix LM (Raffel et al. 2020, arXiv 1910.10683): every query sees the
   first `prefix_length` keys (int, or int `[B]`) and, after them, causally."""
-  return causal() | Before(_length('prefix_lm prefix_length', prefix_length))
+  return causal() | _before('prefix_lm prefix_length', prefix_length,
+                            of_keys=True)

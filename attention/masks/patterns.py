@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from attention.masks.base import Grid, Mask, full
+from attention.masks.base import Grid, Mask, full, pytree
 
 
 def positive_int(name: str, value) -> int:
@@ -17,6 +17,7 @@ def positive_int(name: str, value) -> int:
   return int(value)
 
 
+@pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
 class Causal(Mask):
   offset: int = 0
@@ -38,6 +39,7 @@ def causal(offset: int = 0) -> Mask:
   return Causal(int(offset))
 
 
+@pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
 class Window(Mask):
   left: int
@@ -64,6 +66,7 @@ def sliding_window(left: int, right: int = 0) -> Mask:
   return Window(int(left), int(right))
 
 
+@pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
 class Chunked(Mask):
   size: int
@@ -85,6 +88,7 @@ def chunked(size: int) -> Mask:
   return Chunked(positive_int('chunked size', size))
 
 
+@pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
 class Strided(Mask):
   stride: int
@@ -107,6 +111,7 @@ def strided(stride: int) -> Mask:
   return Strided(positive_int('strided stride', stride))
 
 
+@pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
 class BlockEnds(Mask):
   """Keys among the last `size` positions of each block of `block`."""

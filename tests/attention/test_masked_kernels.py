@@ -1,0 +1,138 @@
+"""Exact kernels given `attention.masks` objects: equal to the reference
+given the same mask as a dense array, outputs and gradients."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attention
+from attention import masks
+from tests.attention import test_masks
+
+T, S = test_masks.T, test_masks.S
+B, N, K, H = 2, 4, 2, 16
+
+
+def inputs(dtype=jnp.float32, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 3)
+  shapes = [(B, T, N, H), (B, S, K, H), (B, S, K, H)]
+  return [jax.random.normal(key, shape, dtype) for key, shape in
+          zip(keys, shapes)]
+
+
+def dense_of(mask):
+  """`[B|1, N|1, T, S]` bool, for the reference's array path."""
+  return masks.evaluate(mask.bind(T, S), N, T, S)
+
+
+def outputs_and_grads(fn, mask, dtype):
+  q, k, v = inputs(dtype)
+  weights = jax.random.normal(jax.random.key(9), (B, T, N, H), jnp.float32)
+  loss = lambda q, k, v: jnp.sum(fn(q, k, v, mask=mask).astype(
+      jnp.float32) * weights)
+  out = fn(q, k, v, mask=mask)
+  return [out] + list(jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
+
+
+def check(mask, dtype=jnp.float32, chunks=(16, 5), **options):
+  blockwise = jax.jit(functools.partial(
+      attention.blockwise_attention, query_chunk_size=chunks[0],
+      key_chunk_size=chunks[1], **options))
+  reference = jax.jit(functools.partial(attention.dot_product_attention,
+                                        **options))
+  got = outputs_and_grads(blockwise, mask, dtype)
+  want = outputs_and_grads(reference, dense_of(mask), dtype)
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  for name, a, b in zip(('out', 'dq', 'dk', 'dv'), got, want):
+    np.testing.assert_allclose(np.asarray(a, np.float32),
+                               np.asarray(b, np.float32), atol=tolerance,
+                               rtol=tolerance, err_msg=name)
+  return got[0]
+
+
+@pytest.mark.parametrize('name', sorted(test_masks.MASKS))
+def test_blockwise_with_each_mask_equals_the_reference(name):
+  check(test_masks.MASKS[name]())
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16],
+                         ids=['f32', 'bf16'])
+def test_compositions_per_head_masks_and_bfloat16(dtype):
+  ids = jnp.asarray(test_masks.SEGMENTS)
+  mask = masks.per_head(
+      masks.causal() & masks.sliding_window(6),
+      masks.causal(S - T) & masks.strided(4)) | masks.global_tokens([2, 30])
+  check(mask & masks.document(ids[:, :T], ids), dtype, chunks=(8, 16))
+
+
+def test_mask_objects_combine_with_the_other_arguments():
+  """A Mask with is_causal, lengths, a window, a bias and an array mask."""
+  q_len, kv_len = jnp.array([37, 20]), jnp.array([45, 11])
+  bias = jax.random.normal(jax.random.key(3), (B, N, T, S))
+  extra = jax.random.bernoulli(jax.random.key(4), 0.8, (B, 1, T, S))
+  out = check(masks.document(jnp.asarray(test_masks.SEGMENTS[:, :T]),
+                             jnp.asarray(test_masks.SEGMENTS)),
+              is_causal=True, query_seq_lengths=q_len,
+              key_value_seq_lengths=kv_len, local_window_size=(9, 0),
+              bias=bias, chunks=(7, 9))
+  np.testing.assert_array_equal(out[1, 20:], 0.0)  # rows past the length
+  array_and_object = functools.partial(
+      attention.blockwise_attention, query_chunk_size=16, key_chunk_size=5)
+  q, k, v = inputs()
+  both = array_and_object(q, k, v, mask=masks.causal())
+  np.testing.assert_allclose(
+      both, array_and_object(q, k, v, mask=dense_of(masks.causal())),
+      atol=1e-6)
+  np.testing.assert_allclose(
+      attention.blockwise_attention(q, k, v, mask=extra, is_causal=True),
+      attention.dot_product_attention(q, k, v, mask=extra & dense_of(
+          masks.causal())), atol=1e-5)
+
+
+def test_rows_that_see_nothing_are_zero_with_finite_gradients():
+  mask = masks.chunked(8) & masks.key_lengths(jnp.array([45, 0]))
+  out, dq, dk, dv = outputs_and_grads(functools.partial(
+      attention.blockwise_attention, query_chunk_size=16, key_chunk_size=5),
+                                      mask, jnp.float32)
+  np.testing.assert_array_equal(out[1], 0.0)
+  assert all(np.isfinite(x).all() for x in (dq, dk, dv))
+
+
+def test_a_data_mask_is_a_jit_argument_not_a_constant():
+  traces = []
+
+  @jax.jit
+  def f(q, k, v, mask):
+    traces.append(1)
+    return attention.blockwise_attention(q, k, v, mask=mask,
+                                         query_chunk_size=8,
+                                         key_chunk_size=8)
+  q, k, v = inputs()
+  ids = [jnp.asarray(np.sort(np.random.default_rng(s).integers(0, 4, (B, S))))
+         for s in (0, 1)]
+  for segment_ids in ids:
+    out = f(q, k, v, masks.document(segment_ids[:, :T], segment_ids))
+    np.testing.assert_allclose(out, attention.dot_product_attention(
+        q, k, v, mask=dense_of(masks.document(segment_ids[:, :T],
+                                              segment_ids))), atol=1e-5)
+  assert len(traces) == 1
+
+
+def test_dot_product_takes_mask_objects_too():
+  q, k, v = inputs()
+  mask = masks.causal() & masks.sliding_window(5, 1)
+  np.testing.assert_array_equal(
+      attention.dot_product_attention(q, k, v, mask=mask),
+      attention.dot_product_attention(q, k, v, mask=dense_of(mask)))
+
+
+def test_a_mask_for_another_batch_size_raises():
+  q, k, v = inputs()
+  mask = masks.key_lengths(jnp.array([3, 4, 5]))
+  for fn in (attention.blockwise_attention, attention.dot_product_attention):
+    with pytest.raises(ValueError, match='mask holds data for 3 examples, '
+                       'the inputs have B=2'):
+      fn(q, k, v, mask=mask)
