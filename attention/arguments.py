@@ -80,6 +80,19 @@ def zero_past(x_BLKH, lengths):
   return jnp.where(keep_BL[:, :, None, None], x_BLKH, 0)
 
 
+def query_offset(offset, dims: shapes.Dims):
+  """`query_offset` checked: None, a Python int, or int32 `[B]`."""
+  if offset is None or (isinstance(offset, int) and not isinstance(
+      offset, bool)):
+    return offset
+  offset = jnp.asarray(offset)
+  if offset.shape not in ((), (dims.B,)) or not jnp.issubdtype(
+      offset.dtype, jnp.integer):
+    raise ValueError(f'query_offset must be an int or int [B] = ({dims.B},),'
+                     f' got {offset.dtype} {offset.shape}')
+  return offset.astype(jnp.int32)
+
+
 def parse_self(name, query, key, value, **options) -> Arguments:
   """`parse` for mechanisms that attend within one sequence (S = T)."""
   args = parse(name, query, key, value, local_window_size=None, **options)

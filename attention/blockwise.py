@@ -41,12 +41,18 @@ from attention import shapes
 from attention import tiles
 
 
+def _key_chunk(x_BSKH, j, size):
+  """Key chunk j of `[B, S, K, H]` as `[B, K, size, H]`."""
+  return lax.dynamic_slice_in_dim(x_BSKH, j * size, size, axis=1).transpose(
+      0, 2, 1, 3)
+
+
 def _forward(plan: tiles.Plan, q, k, v, extras):
   """Returns out `[B, K, Tp*G, H]` (q's dtype) and lse `[B, K, Tp*G]` (f32)."""
   B, K, _, H = q.shape
   R, Ck = plan.R, plan.Ck
   order, partial, count = (jnp.asarray(x) for x in tiles.tile_lists(
-      plan, extras[2])[0])
+      plan, extras[2], extras[4])[0])
 
   def query_chunk(i, carry):
     out, lse = carry
@@ -55,8 +61,7 @@ def _forward(plan: tiles.Plan, q, k, v, extras):
     def key_chunk(full, n, state):
       m, l, acc = state
       j = order[i, n]
-      k_j = lax.dynamic_slice_in_dim(k, j * Ck, Ck, axis=2)
-      v_j = lax.dynamic_slice_in_dim(v, j * Ck, Ck, axis=2)
+      k_j, v_j = _key_chunk(k, j, Ck), _key_chunk(v, j, Ck)
       s, _ = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       # Rows that saw only masked keys so far have m_new = NEG_INF and gather
@@ -100,12 +105,11 @@ def _backward(plan: tiles.Plan, residuals, d_out):
                           preferred_element_type=jnp.float32)
 
   order, partial, count = (jnp.asarray(x) for x in tiles.tile_lists(
-      plan, extras[2])[1])
+      plan, extras[2], extras[4])[1])
 
   def key_chunk(j, carry):
     dq, dk, dv, dbias = carry
-    k_j = lax.dynamic_slice_in_dim(k, j * Ck, Ck, axis=2)
-    v_j = lax.dynamic_slice_in_dim(v, j * Ck, Ck, axis=2)
+    k_j, v_j = _key_chunk(k, j, Ck), _key_chunk(v, j, Ck)
 
     def query_chunk(full, n, state):
       dq, dk_j, dv_j, dbias = state
@@ -134,8 +138,10 @@ def _backward(plan: tiles.Plan, residuals, d_out):
                           (dq, zeros, zeros, dbias))
     dq, dk_j, dv_j, dbias = lax.fori_loop(
         partial[j], count[j], functools.partial(query_chunk, True), state)
-    dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * Ck, axis=2)
-    dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * Ck, axis=2)
+    dk = lax.dynamic_update_slice_in_dim(dk, dk_j.transpose(0, 2, 1, 3),
+                                         j * Ck, axis=1)
+    dv = lax.dynamic_update_slice_in_dim(dv, dv_j.transpose(0, 2, 1, 3),
+                                         j * Ck, axis=1)
     return dq, dk, dv, dbias
 
   bias = extras[0]
@@ -148,22 +154,20 @@ def _backward(plan: tiles.Plan, residuals, d_out):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(plan, q, k, v, bias, dense_mask, mask, alibi_KR):
-  extras = (bias, dense_mask, mask, alibi_KR)
+def _attend(plan, q, k, v, bias, dense_mask, mask, alibi_KR, q_offset):
+  extras = (bias, dense_mask, mask, alibi_KR, q_offset)
   return _forward(plan, q, k, v, extras)[0]
 
 
-def _attend_fwd(plan, q, k, v, bias, dense_mask, mask, alibi_KR):
-  extras = (bias, dense_mask, mask, alibi_KR)
+def _attend_fwd(plan, q, k, v, bias, dense_mask, mask, alibi_KR, q_offset):
+  extras = (bias, dense_mask, mask, alibi_KR, q_offset)
   out, lse = _forward(plan, q, k, v, extras)
   return out, (q, k, v, extras, out, lse)
 
 
 def _attend_bwd(plan, residuals, d_out):
   dq, dk, dv, dbias = _backward(plan, residuals, d_out)
-  mask = residuals[3][2]
-  no_mask_cotangent = jax.tree.map(lambda x: None, mask)
-  return dq, dk, dv, dbias, None, no_mask_cotangent, None
+  return dq, dk, dv, dbias, None, None, None, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -192,7 +196,8 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
                         dropout_rng=None, dropout_rate=0.0,
                         broadcast_dropout=True, deterministic=True,
                         dtype=None, precision=None, module=None,
-                        alibi_slopes=None, logits_soft_cap=None):
+                        alibi_slopes=None, logits_soft_cap=None,
+                        query_offset=None):
   """Exact attention with O(T + S) memory in the forward and backward passes.
 
   Same arguments and results as `attention.dot_product_attention` (the
@@ -229,6 +234,11 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
       built per tile from positions.
     logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`
       (Gemma 2), before bias and ALiBi.
+    query_offset: optional int, or int `[B]`: the position of the first
+      query (keys start at 0), for causality, windows, masks and ALiBi.
+      Decoding passes the tokens already cached, so a step at position p
+      visits only the key tiles up to p. Default 0 (`jax.nn`'s top-left
+      alignment when T != S; `S - T` aligns bottom-right).
 
   Returns:
     `[B, T, N, H]` in the dtype of `query` (or `dtype`).
@@ -258,10 +268,7 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   mask, dense_mask = masks.split(mask)
   mask = masks.all_of(
       masks.checked_batch(mask, B).bind(T, S) if mask is not None else None,
-      masks.causal() if is_causal else None,
-      masks.sliding_window(*args.window) if args.window else None,
-      masks.query_lengths(args.q_len) if args.q_len is not None else None,
-      masks.key_lengths(args.kv_len) if args.kv_len is not None else None,
+      *masks.from_arguments(is_causal, args.window, args.q_len, args.kv_len),
       masks.key_lengths(S) if Sp != S else None)  # padded keys
   if bias is not None:
     bias = _bnts_for_kernel('bias', bias, dims, Tp, Sp)
@@ -270,13 +277,15 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
 
   q_BKRH = _pad_axis(query, 1, Tp).reshape(B, Tp, K, G, H)
   q_BKRH = q_BKRH.transpose(0, 2, 1, 3, 4).reshape(B, K, Tp * G, H)
-  k_BKSH, v_BKSH = (_pad_axis(x, 1, Sp).transpose(0, 2, 1, 3)
-                    for x in (key, value))
+  # Keys and values stay [B, S, K, H]: tiles slice and transpose their own
+  # chunk, so a decoding step never copies the whole cache.
+  k_BSKH, v_BSKH = (_pad_axis(x, 1, Sp) for x in (key, value))
   alibi_KR = None
   if args.alibi_slopes is not None:
     alibi_KR = tiles.alibi_rows(plan, args.alibi_slopes)
-  out = _attend(plan, q_BKRH, k_BKSH, v_BKSH, bias, dense_mask, mask,
-                alibi_KR)
+  q_offset = arguments.query_offset(query_offset, dims)
+  out = _attend(plan, q_BKRH, k_BSKH, v_BSKH, bias, dense_mask, mask,
+                alibi_KR, q_offset)
   out = out.reshape(B, K, Tp, G, H).transpose(0, 2, 1, 3, 4)
   return out.reshape(B, Tp, N, H)[:, :T]
 

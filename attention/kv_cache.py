@@ -14,8 +14,11 @@ lengths): `num_new` says how many of the L new tokens are real in each row;
 the rest are written past the row's length and overwritten by its next
 tokens before any query can see them.
 
-A step costs O(B N L max_length H); the cache is a pytree of arrays, so it
-can be carried by `jax.jit`, `lax.scan` and saved by orbax.
+The new queries attend with `is_causal=True` from `query_offset = length`:
+with `blockwise`, which skips tiles by position, a step at position p costs
+O(B N L p H) and forms nothing of the cache's size (`dot_product`, the
+dense reference, still costs O(max_length)). The cache is a pytree of
+arrays, so it can be carried by `jax.jit`, `lax.scan` and saved by orbax.
 """
 
 from __future__ import annotations
@@ -27,9 +30,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention import arguments
-from attention import masking
-from attention import positional
 
 
 class KVCache(NamedTuple):
@@ -99,22 +99,19 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
                      f'max_length={max_length}')
   new_key = write_rows(state.key, key, state.length)
   new_value = write_rows(state.value, value, state.length)
-  q_pos_BL = state.length[:, None] + jnp.arange(L)[None, :]
-  k_pos = jnp.arange(max_length)
-  rules = masking.PositionRules(
-      is_causal=True, window=arguments.window_pair(local_window_size),
-      S=max_length)
-  visible_B1LS = jax.vmap(lambda q_pos: rules.visible(q_pos, k_pos))(q_pos_BL)
-  bias_BNLS = None
-  if alibi_slopes is not None:
-    bias_BNLS = jax.vmap(positional.alibi_bias, in_axes=(None, 0, None))(
-        jnp.asarray(alibi_slopes, jnp.float32), q_pos_BL, k_pos)
-  if self_logit is not None:
-    own_B1LS = (q_pos_BL[:, :, None] == k_pos[None, None, :])[:, None]
-    own_B1LS = jnp.where(own_B1LS, jnp.float32(self_logit), 0.0)
-    bias_BNLS = own_B1LS if bias_BNLS is None else bias_BNLS + own_B1LS
-  out = attend(query, new_key, new_value, bias=bias_BNLS, mask=visible_B1LS,
-               **options)
+  bias_B1LS = None
+  if self_logit is not None:  # LSH's own-key logit: O(max_length) for now
+    q_pos_BL = state.length[:, None] + jnp.arange(L)[None, :]
+    own_B1LS = (q_pos_BL[:, :, None] ==
+                jnp.arange(max_length)[None, None, :])[:, None]
+    bias_B1LS = jnp.where(own_B1LS, jnp.float32(self_logit), 0.0)
+  # Causal from each row's length on: keys not yet written lie after every
+  # query, and a kernel that skips tiles by position visits only the
+  # written ones (no [B, L, max_length] mask or bias is formed).
+  out = attend(query, new_key, new_value, bias=bias_B1LS, is_causal=True,
+               query_offset=state.length,
+               local_window_size=local_window_size,
+               alibi_slopes=alibi_slopes, **options)
   num_new = jnp.full((B,), L, jnp.int32) if num_new is None else num_new
   overflow = state.length + L > max_length
   out = jnp.where(overflow[:, None, None, None], jnp.nan, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 
 from attention import arguments
@@ -35,7 +36,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
                           dropout_rng=None, dropout_rate=0.0,
                           broadcast_dropout=True, deterministic=True,
                           dtype=None, precision=None, module=None,
-                          alibi_slopes=None, logits_soft_cap=None):
+                          alibi_slopes=None, logits_soft_cap=None,
+                          query_offset=None):
   """Exact attention with the semantics of `jax.nn.dot_product_attention`.
 
   The one difference: a query that sees no key (all masked, or past its
@@ -65,6 +67,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
       `attention.positional`).
     logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`
       (Gemma 2), before bias and ALiBi.
+    query_offset: optional int, or int `[B]`: position of the first query
+      (keys start at 0) for causality, windows, masks and ALiBi.
 
   Returns:
     `[B, T, N, H]` in the dtype of `query` (or `dtype`).
@@ -81,7 +85,9 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
       alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   query, key, value, dims = args.query, args.key, args.value, args.dims
   B, T, S, K, G, H = dims.B, dims.T, dims.S, dims.K, dims.G, dims.H
-  rules = masking.PositionRules(is_causal=is_causal, window=args.window, S=S)
+  q_offset = arguments.query_offset(query_offset, dims)
+  q_pos_BT = jnp.arange(T)[None, :] + (0 if q_offset is None else jnp.reshape(
+      jnp.asarray(q_offset), (-1, 1)))
 
   query_BTKGH = query.reshape(B, T, K, G, H)
   logits_BKGTS = jnp.einsum(
@@ -95,17 +101,18 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
     bias = group_heads(shapes.check_bnts('bias', bias, dims), dims)
     logits_BKGTS += bias.astype(jnp.float32)
   if args.alibi_slopes is not None:
-    logits_BKGTS += positional.alibi_bias(
-        args.alibi_slopes, jnp.arange(T), jnp.arange(S)).reshape(1, K, G, T, S)
+    alibi = jax.vmap(positional.alibi_bias, in_axes=(None, 0, None))(
+        args.alibi_slopes, q_pos_BT, jnp.arange(S))
+    logits_BKGTS += alibi.reshape(-1, K, G, T, S)
 
-  visible = rules.visible(jnp.arange(T), jnp.arange(S), args.q_len,
-                          args.kv_len)
-  if visible is not None:
-    visible = visible[:, None, None]
   mask, dense_mask = masks.split(mask)
-  if mask is not None:  # a Mask object, evaluated whole: [B|1, N|1, T, S]
-    dense_mask = masks.evaluate(masks.checked_batch(mask, B).bind(T, S),
-                                dims.N, T, S)
+  mask = masks.all_of(
+      masks.checked_batch(mask, B).bind(T, S) if mask is not None else None,
+      *masks.from_arguments(is_causal, args.window, args.q_len, args.kv_len))
+  visible = None
+  if mask is not None:  # evaluated whole: this is the O(T S) reference
+    visible = group_heads(masks.evaluate(
+        mask, dims.N, T, S, 0 if q_offset is None else q_offset), dims)
   if dense_mask is not None:
     dense_mask = group_heads(shapes.check_bnts('mask', dense_mask, dims),
                              dims)

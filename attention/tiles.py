@@ -48,10 +48,10 @@ class Plan:
     """Rows of one query tile: Cq positions x G heads."""
     return self.Cq * self.G
 
-  def grid(self) -> masks_lib.Grid:
+  def grid(self, q_offset=0) -> masks_lib.Grid:
     """The padded problem's tiles."""
     return masks_lib.Grid(self.num_q * self.Cq, self.num_k * self.Ck,
-                          self.Cq, self.Ck)
+                          self.Cq, self.Ck, q_offset)
 
 
 class Lists(NamedTuple):
@@ -77,14 +77,15 @@ def _lists(some, every) -> Lists:
                some.sum(1).astype(np.int32))
 
 
-def tile_lists(plan: Plan, mask) -> tuple[Lists, Lists]:
+def tile_lists(plan: Plan, mask, q_offset=None) -> tuple[Lists, Lists]:
   """Key chunks per query chunk (forward) and query chunks per key chunk
   (backward) that `mask` leaves visible; None: every tile, all full."""
   if mask is None:
     some = np.ones((plan.num_q, plan.num_k), bool)
     every = some
   else:
-    some, every = mask.summary(plan.grid())
+    some, every = mask.summary(plan.grid(0 if q_offset is None else
+                                         q_offset))
     if some.ndim == 3:  # one tile loop serves the whole batch
       some, every = some.any(0), every.all(0)
   return _lists(some, every), _lists(some.T, every.T)
@@ -117,11 +118,14 @@ def alibi_rows(plan: Plan, slopes_N):
   return jnp.tile(slopes_N.reshape(-1, plan.G), (1, plan.Cq))
 
 
-def tile_positions(plan: Plan, i, j):
-  """`(batch, head, q, k)` of tile (i, j), shaped to give `[B, K, R, Ck]`
-  (batch comes from the mask's own data, so it is `[B, 1, 1, 1]` iota)."""
+def tile_positions(plan: Plan, i, j, q_offset=None):
+  """Query positions `[B|1, 1, R, 1]` and key positions `[1, 1, 1, Ck]` of
+  tile (i, j) (queries from `q_offset`: an int, or int `[B]`), and the row
+  index `[R]`."""
   r = jnp.arange(plan.R)
   q = (i * plan.Cq + r // plan.G)[None, None, :, None]
+  if q_offset is not None:
+    q = q + masks_lib.base.per_row(q_offset)
   k = (j * plan.Ck + jnp.arange(plan.Ck))[None, None, None, :]
   return q, k, r
 
@@ -131,11 +135,11 @@ def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras, full=False):
 
   Logits are scaled, soft-capped, biased (bias and ALiBi) and masked; the
   second result is `d capped / d scaled` (`[B, K, R, Ck]`), or None when
-  there is no cap. `extras` is `(bias, dense_mask, mask, alibi_KR)`. A
-  `full` tile (a static flag: kernels loop over partial and full tiles
-  apart) skips the elementwise mask, unless a dense mask is given.
+  there is no cap. `extras` is `(bias, dense_mask, mask, alibi_KR,
+  q_offset)`. A `full` tile (a static flag: kernels loop over partial and
+  full tiles apart) skips the elementwise mask, unless a dense mask is given.
   """
-  bias, dense_mask, mask, alibi_KR = extras
+  bias, dense_mask, mask, alibi_KR, q_offset = extras
   K = q_BKRH.shape[1]
   logits_BKRC = jnp.einsum(
       'BKRH,BKCH->BKRC', q_BKRH, k_BKCH, precision=plan.precision,
@@ -148,7 +152,7 @@ def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras, full=False):
     cap_slope = 1.0 - tanh * tanh
   if bias is not None:
     logits_BKRC += bnts_tile(plan, bias, i, j).astype(jnp.float32)
-  q_pos, k_pos, r = tile_positions(plan, i, j)
+  q_pos, k_pos, r = tile_positions(plan, i, j, q_offset)
   if alibi_KR is not None:
     distance = jnp.abs(q_pos - k_pos).astype(jnp.float32)
     logits_BKRC -= alibi_KR[None, :, :, None] * distance

@@ -41,6 +41,17 @@ from attention.masks.data import (document, global_tokens, key_lengths,
 from attention.masks.patterns import (causal, chunked, fixed, sliding_window,
                                       strided)
 
+
+
+def from_arguments(is_causal, window, q_len, kv_len) -> list:
+  """The masks `jax.nn.dot_product_attention`'s arguments ask for: causal,
+  a `(left, right)` window, query and key lengths (None where unused)."""
+  return [causal() if is_causal else None,
+          sliding_window(*window) if window else None,
+          query_lengths(q_len) if q_len is not None else None,
+          key_lengths(kv_len) if kv_len is not None else None]
+
+
 __all__ = [
     'Grid',
     'Mask',
@@ -51,6 +62,7 @@ __all__ = [
     'document',
     'evaluate',
     'fixed',
+    'from_arguments',
     'global_tokens',
     'key_lengths',
     'per_head',

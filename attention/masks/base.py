@@ -18,14 +18,15 @@ class Grid:
   """Tiles of a `[T, S]` problem: query chunks of `Cq`, key chunks of `Ck`.
 
   Query positions start at `q_offset` (decoding: the tokens already
-  cached); key positions at 0.
+  cached), one for all rows or one per row (`[B]`: the chunk ranges then
+  span every row's, a superset); key positions at 0.
   """
 
   T: int
   S: int
   Cq: int
   Ck: int
-  q_offset: Any = 0  # int, or a traced scalar
+  q_offset: Any = 0  # int, a traced scalar, or int [B]
 
   @property
   def num_q(self) -> int:
@@ -43,7 +44,10 @@ class Grid:
     """First and last query position of each chunk, `[num_q, 1]` each."""
     first = np.arange(self.num_q)[:, None] * self.Cq
     last = np.minimum(first + self.Cq, self.T) - 1
-    return first + self.q_offset, last + self.q_offset
+    offset = self.q_offset
+    if np.ndim(offset) == 1:
+      return first + offset.min(), last + offset.max()
+    return first + offset, last + offset
 
   def k_range(self):
     """First and last key position of each chunk, `[1, num_k]` each."""
@@ -273,12 +277,19 @@ def checked_batch(mask: Mask, batch_size: int) -> Mask:
   return mask
 
 
-def evaluate(mask: Mask, num_heads: int, T: int, S: int):
-  """The whole mask, bool `[B|1, N|1, T, S]` (jnp): O(T S) memory."""
+def evaluate(mask: Mask, num_heads: int, T: int, S: int, q_offset=0):
+  """The whole mask, bool `[B|1, N|1, T, S]` (jnp): O(T S) memory. Query
+  positions start at `q_offset` (an int, or int `[B]`)."""
+  q = jnp.arange(T)[None, None, :, None] + per_row(q_offset)
   return mask(jnp.arange(mask.batch_size or 1)[:, None, None, None],
-              jnp.arange(num_heads)[None, :, None, None],
-              jnp.arange(T)[None, None, :, None],
+              jnp.arange(num_heads)[None, :, None, None], q,
               jnp.arange(S)[None, None, None, :])
+
+
+def per_row(offset):
+  """A query offset (int, or `[B]`) shaped to add to `[B|1, 1, R, 1]`."""
+  offset = jnp.asarray(offset, jnp.int32)
+  return offset.reshape(-1, 1, 1, 1) if offset.ndim == 1 else offset
 
 
 def per_head(*patterns: Mask) -> Mask:

@@ -163,10 +163,13 @@ def random_blocks(num_blocks: int, block_size: int, seed: int = 0) -> Mask:
 
 def _chunk_min_max(ids_BL, start, size, count):
   """Min and max id `[B, count]` over the chunks of `size` positions from
-  `start` (positions past the ids repeat the last id, as the mask does)."""
+  `start` (an int, or one per row `[B]`; positions past the ids repeat the
+  last id, as the mask does)."""
   need = count * size
   ids = jnp.pad(ids_BL, ((0, 0), (0, need)), mode='edge')
-  ids = jax.lax.dynamic_slice_in_dim(ids, start, need, axis=1)
+  start = jnp.broadcast_to(jnp.asarray(start, jnp.int32), ids.shape[:1])
+  ids = jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(
+      row, s, need))(ids, start)
   ids = ids.reshape(ids.shape[0], count, size)
   return ids.min(-1), ids.max(-1)
 

@@ -136,3 +136,26 @@ def test_a_mask_for_another_batch_size_raises():
     with pytest.raises(ValueError, match='mask holds data for 3 examples, '
                        'the inputs have B=2'):
       fn(q, k, v, mask=mask)
+
+
+@pytest.mark.parametrize('offset', [7, (3, 12)], ids=['int', 'per-row'])
+def test_a_query_offset_places_the_queries_for_every_rule(offset):
+  """Causality, windows, masks and ALiBi read absolute query positions."""
+  q, k, v = inputs()
+  q = q[:, :9]
+  offset = offset if isinstance(offset, int) else jnp.array(offset)
+  options = dict(is_causal=True, local_window_size=(10, 0),
+                 alibi_slopes=jnp.linspace(0.1, 1.0, N), query_offset=offset,
+                 mask=masks.chunked(16))
+  got = attention.blockwise_attention(q, k, v, query_chunk_size=4,
+                                      key_chunk_size=8, **options)
+  want = attention.dot_product_attention(q, k, v, **options)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  # The reference itself: the same as its query rows at those positions.
+  rows = np.broadcast_to(np.asarray(offset).reshape(-1, 1), (B, 1)) + (
+      np.arange(9)[None, :])
+  full = attention.dot_product_attention(
+      jnp.zeros((B, S, N, H)).at[np.arange(B)[:, None], rows].set(q), k, v,
+      **dict(options, query_offset=None))
+  np.testing.assert_allclose(want, full[np.arange(B)[:, None], rows],
+                             atol=1e-5)
