@@ -30,6 +30,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from attention import arguments
+from attention import ring_cache
+
 
 
 class KVCache(NamedTuple):
@@ -41,11 +44,15 @@ class KVCache(NamedTuple):
 
 
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               max_length: int, dtype=jnp.float32, **unused_options):
+               max_length: int, dtype=jnp.float32, local_window_size=None,
+               **unused_options):
   """An empty cache for `max_length` tokens per row.
 
-  Options of the mechanism that do not shape the cache (chunk sizes, say)
-  are accepted and ignored, so a model can pass one option dict to both.
+  With `local_window_size=(left, right)` and `left < max_length`, a ring of
+  the last `left` tokens instead (`attention.ring_cache`): constant memory,
+  however long the stream. Options of the mechanism that do not shape the
+  cache (chunk sizes, say) are accepted and ignored, so a model can pass one
+  option dict to both.
   """
   del unused_options
   for name, value in [('batch_size', batch_size),
@@ -53,6 +60,10 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
                       ('max_length', max_length)]:
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'{name} must be a positive int, got {value!r}')
+  window = arguments.window_pair(local_window_size)
+  if window is not None and window[0] < max_length:
+    return ring_cache.init_state(batch_size, num_kv_heads, head_dim,
+                                 window[0], dtype)
   shape = (batch_size, max_length, num_kv_heads, head_dim)
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                  jnp.zeros((batch_size,), jnp.int32))
@@ -88,6 +99,16 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
     `(out [B, L, N, H], new_state)`. A row whose tokens would run past
     `max_length` gets NaN outputs rather than overwriting its cache.
   """
+  if isinstance(state, ring_cache.RingCache):
+    window = arguments.window_pair(local_window_size)
+    left = state.key.shape[1]
+    if window is None or window[0] != left or self_logit is not None:
+      raise ValueError(f'a ring cache of {left} tokens decodes a causal '
+                       f'window of left={left} only, got local_window_size='
+                       f'{local_window_size!r}, self_logit={self_logit!r}')
+    return ring_cache.step(state, query, key, value, attend=attend,
+                           left=left, num_new=num_new,
+                           alibi_slopes=alibi_slopes, **options)
   B, L, N, H = query.shape
   _, max_length, K, _ = state.key.shape
   chex.assert_shape(key, (B, L, K, H), custom_message=f'key must be '

@@ -26,6 +26,7 @@ on device, from each chunk's smallest and largest values.
   document(segment_ids)        same segment (packed sequences)
   prefix_lm(length)            causal, and every key before `length`
   key_lengths(lengths)         k < lengths[b]
+  key_starts(starts)           k >= starts[b]
   query_lengths(lengths)       q < lengths[b]
   per_head(m0, m1, ...)        head h uses m[h % count]
 
@@ -37,7 +38,8 @@ and `render(layout)` draws them as text.
 from attention.masks.base import (Grid, Mask, all_of, checked_batch, evaluate,
                                   per_head, render, split)
 from attention.masks.data import (document, global_tokens, key_lengths,
-                                  prefix_lm, query_lengths, random_blocks)
+                                  key_starts, prefix_lm, query_lengths,
+                                  random_blocks)
 from attention.masks.patterns import (causal, chunked, fixed, sliding_window,
                                       strided)
 
@@ -65,6 +67,7 @@ __all__ = [
     'from_arguments',
     'global_tokens',
     'key_lengths',
+    'key_starts',
     'per_head',
     'prefix_lm',
     'query_lengths',

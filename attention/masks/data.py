@@ -254,6 +254,33 @@ class BeforeLengths(Mask):
     return full(grid, lo[None] < lengths, hi[None] < lengths)
 
 
+@pytree('starts')
+@dataclasses.dataclass(frozen=True, eq=False)
+class KeysFrom(Mask):
+  """Keys at or after each row's start `[B]`."""
+
+  starts: Any
+  per_example = True
+
+  @property
+  def batch_size(self):
+    return self.starts.shape[0]
+
+  def __call__(self, batch, head, q, k):
+    return k >= self.starts[batch]
+
+  def summary(self, grid: Grid):
+    lo, hi = grid.k_range()
+    starts = self.starts[:, None, None]
+    return full(grid, hi[None] >= starts, lo[None] >= starts)
+
+
+def key_starts(starts) -> Mask:
+  """Keys before `starts[b]` are invisible (int `[B]`): a ring buffer's
+  slots older than the row's first token, or left padding."""
+  return KeysFrom(_int_array('key_starts', starts, 1))
+
+
 def _before(name, value, of_keys) -> Mask:
   if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
     if value < 0:

@@ -77,3 +77,9 @@ def test_a_decoding_step_allocates_nothing_of_the_cache_size():
   small, large = decode_step_temp_bytes(2048), decode_step_temp_bytes(32768)
   assert large - small <= 12 * (32768 - 2048) // 256 and large < 300_000, (
       small, large)
+
+
+def test_a_sliding_window_decodes_in_memory_constant_in_max_length():
+  small, large = (decode_step_temp_bytes(n, window=512) for n in (2048,
+                                                                  32768))
+  assert small == large, (small, large)
