@@ -9,6 +9,7 @@ from attention.blockwise import blockwise_attention
 from attention.infini import infini_attention
 from attention import infini_decoding  # registers infini
 from attention import masks
+from attention import scores
 from attention.linear import linear_attention
 from attention.lsh import lsh_attention
 from attention.performer import draw_projection, performer_attention
@@ -29,5 +30,6 @@ __all__ = [
     'names',
     'performer_attention',
     'register',
+    'scores',
     'xl_attention',
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import chex
 import jax.numpy as jnp
 
+from attention import scores
 from attention import shapes
 
 
@@ -78,6 +79,16 @@ def zero_past(x_BLKH, lengths):
     return x_BLKH
   keep_BL = jnp.arange(x_BLKH.shape[1])[None, :] < lengths[:, None]
   return jnp.where(keep_BL[:, :, None, None], x_BLKH, 0)
+
+
+def score(args: Arguments, user_score=None):
+  """One score modifier from `logits_soft_cap`, `alibi_slopes` (aliases,
+  applied first, in that order) and a user's `score`; None if none."""
+  return scores.chain(
+      None if args.logits_soft_cap is None else scores.soft_cap(
+          args.logits_soft_cap),
+      None if args.alibi_slopes is None else scores.alibi(args.alibi_slopes),
+      user_score)
 
 
 def query_offset(offset, dims: shapes.Dims):

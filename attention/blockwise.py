@@ -62,7 +62,7 @@ def _forward(plan: tiles.Plan, q, k, v, extras):
       m, l, acc = state
       j = order[i, n]
       k_j, v_j = _key_chunk(k, j, Ck), _key_chunk(v, j, Ck)
-      s, _ = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full)
+      s = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       # Rows that saw only masked keys so far have m_new = NEG_INF and gather
       # junk here; the first visible key rescales it by e^(NEG_INF - m') = 0,
@@ -108,66 +108,71 @@ def _backward(plan: tiles.Plan, residuals, d_out):
       plan, extras[2], extras[4])[1])
 
   def key_chunk(j, carry):
-    dq, dk, dv, dbias = carry
+    dq, dk, dv, dbias, dscore = carry
     k_j, v_j = _key_chunk(k, j, Ck), _key_chunk(v, j, Ck)
 
     def query_chunk(full, n, state):
-      dq, dk_j, dv_j, dbias = state
+      dq, dk_j, dv_j, dbias, dscore = state
       i = order[j, n]
       q_i, do_i = (lax.dynamic_slice_in_dim(x, i * R, R, axis=2)
                    for x in (q, d_out))
       lse_i, delta_i = (lax.dynamic_slice_in_dim(x, i * R, R, axis=2)
                         for x in (lse, delta))
-      s, cap_slope = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full)
+      s, back = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full,
+                                  with_vjp=True)
       p = jnp.exp(s - lse_i[..., None])
       dv_j += f32('BKRC,BKRH->BKCH', p.astype(d_out.dtype), do_i)
       dp = f32('BKRH,BKCH->BKRC', do_i, v_j)
       ds = p * (dp - delta_i[..., None])  # d loss / d logits (= d bias)
       if dbias is not None:
         dbias = tiles.accumulate_bnts_tile(plan, dbias, ds, i, j)
-      if cap_slope is not None:
-        ds *= cap_slope
+      ds, dscore_tile = back(ds)  # through the score modifier
+      if dscore is not None:
+        dscore = jax.tree.map(jnp.add, dscore, dscore_tile)
       dq_i = lax.dynamic_slice_in_dim(dq, i * R, R, axis=2)
       dq_i += scale * f32('BKRC,BKCH->BKRH', ds.astype(k.dtype), k_j)
       dq = lax.dynamic_update_slice_in_dim(dq, dq_i, i * R, axis=2)
       dk_j += scale * f32('BKRC,BKRH->BKCH', ds.astype(q.dtype), q_i)
-      return dq, dk_j, dv_j, dbias
+      return dq, dk_j, dv_j, dbias, dscore
 
     zeros = jnp.zeros(k_j.shape, jnp.float32)
     state = lax.fori_loop(0, partial[j], functools.partial(query_chunk, False),
-                          (dq, zeros, zeros, dbias))
-    dq, dk_j, dv_j, dbias = lax.fori_loop(
+                          (dq, zeros, zeros, dbias, dscore))
+    dq, dk_j, dv_j, dbias, dscore = lax.fori_loop(
         partial[j], count[j], functools.partial(query_chunk, True), state)
     dk = lax.dynamic_update_slice_in_dim(dk, dk_j.transpose(0, 2, 1, 3),
                                          j * Ck, axis=1)
     dv = lax.dynamic_update_slice_in_dim(dv, dv_j.transpose(0, 2, 1, 3),
                                          j * Ck, axis=1)
-    return dq, dk, dv, dbias
+    return dq, dk, dv, dbias, dscore
 
-  bias = extras[0]
+  bias, score = extras[0], extras[3]
   f32_zeros = lambda x: None if x is None else jnp.zeros(x.shape, jnp.float32)
-  dq, dk, dv, dbias = lax.fori_loop(
-      0, plan.num_k, key_chunk, tuple(f32_zeros(x) for x in (q, k, v, bias)))
+  dscore = None if score is None else jax.tree.map(jnp.zeros_like, score)
+  dq, dk, dv, dbias, dscore = lax.fori_loop(
+      0, plan.num_k, key_chunk,
+      tuple(f32_zeros(x) for x in (q, k, v, bias)) + (dscore,))
   if dbias is not None:
     dbias = dbias.astype(bias.dtype)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias
+  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias,
+          dscore)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(plan, q, k, v, bias, dense_mask, mask, alibi_KR, q_offset):
-  extras = (bias, dense_mask, mask, alibi_KR, q_offset)
+def _attend(plan, q, k, v, bias, dense_mask, mask, score, q_offset):
+  extras = (bias, dense_mask, mask, score, q_offset)
   return _forward(plan, q, k, v, extras)[0]
 
 
-def _attend_fwd(plan, q, k, v, bias, dense_mask, mask, alibi_KR, q_offset):
-  extras = (bias, dense_mask, mask, alibi_KR, q_offset)
+def _attend_fwd(plan, q, k, v, bias, dense_mask, mask, score, q_offset):
+  extras = (bias, dense_mask, mask, score, q_offset)
   out, lse = _forward(plan, q, k, v, extras)
   return out, (q, k, v, extras, out, lse)
 
 
 def _attend_bwd(plan, residuals, d_out):
-  dq, dk, dv, dbias = _backward(plan, residuals, d_out)
-  return dq, dk, dv, dbias, None, None, None, None
+  dq, dk, dv, dbias, dscore = _backward(plan, residuals, d_out)
+  return dq, dk, dv, dbias, None, None, dscore, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -197,7 +202,7 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
                         broadcast_dropout=True, deterministic=True,
                         dtype=None, precision=None, module=None,
                         alibi_slopes=None, logits_soft_cap=None,
-                        query_offset=None):
+                        query_offset=None, score=None):
   """Exact attention with O(T + S) memory in the forward and backward passes.
 
   Same arguments and results as `attention.dot_product_attention` (the
@@ -231,14 +236,18 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
       casts the inputs, `precision` goes to the matmuls; attention dropout
       and sowing weights raise ValueError.
     alibi_slopes: optional float `[N]`: adds `-slope[n] * |t - s|` (ALiBi),
-      built per tile from positions.
+      built per tile from positions (`scores.alibi`).
     logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`
-      (Gemma 2), before bias and ALiBi.
+      (Gemma 2, `scores.soft_cap`).
     query_offset: optional int, or int `[B]`: the position of the first
-      query (keys start at 0), for causality, windows, masks and ALiBi.
+      query (keys start at 0), for causality, windows, masks and scores.
       Decoding passes the tokens already cached, so a step at position p
       visits only the key tiles up to p. Default 0 (`jax.nn`'s top-left
       alignment when T != S; `S - T` aligns bottom-right).
+    score: optional `attention.scores` modifier of the scaled logits, per
+      tile, before the bias and the mask; it runs after `logits_soft_cap`
+      and `alibi_slopes`, which are modifiers too. Gradients reach its
+      parameters (a T5 table, learned slopes) exactly.
 
   Returns:
     `[B, T, N, H]` in the dtype of `query` (or `dtype`).
@@ -263,8 +272,7 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   num_q, num_k = -(-T // Cq), -(-S // Ck)
   Tp, Sp = num_q * Cq, num_k * Ck
   plan = tiles.Plan(scale=args.scale, T=T, S=S, G=G, Cq=Cq, Ck=Ck,
-                    num_q=num_q, num_k=num_k, precision=precision,
-                    soft_cap=args.logits_soft_cap)
+                    num_q=num_q, num_k=num_k, precision=precision)
   mask, dense_mask = masks.split(mask)
   mask = masks.all_of(
       masks.checked_batch(mask, B).bind(T, S) if mask is not None else None,
@@ -280,12 +288,9 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   # Keys and values stay [B, S, K, H]: tiles slice and transpose their own
   # chunk, so a decoding step never copies the whole cache.
   k_BSKH, v_BSKH = (_pad_axis(x, 1, Sp) for x in (key, value))
-  alibi_KR = None
-  if args.alibi_slopes is not None:
-    alibi_KR = tiles.alibi_rows(plan, args.alibi_slopes)
   q_offset = arguments.query_offset(query_offset, dims)
   out = _attend(plan, q_BKRH, k_BSKH, v_BSKH, bias, dense_mask, mask,
-                alibi_KR, q_offset)
+                arguments.score(args, score), q_offset)
   out = out.reshape(B, K, Tp, G, H).transpose(0, 2, 1, 3, 4)
   return out.reshape(B, Tp, N, H)[:, :T]
 

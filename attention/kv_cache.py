@@ -32,6 +32,7 @@ from jax import lax
 
 from attention import arguments
 from attention import ring_cache
+from attention import scores
 
 
 
@@ -120,16 +121,13 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
                      f'max_length={max_length}')
   new_key = write_rows(state.key, key, state.length)
   new_value = write_rows(state.value, value, state.length)
-  bias_B1LS = None
-  if self_logit is not None:  # LSH's own-key logit: O(max_length) for now
-    q_pos_BL = state.length[:, None] + jnp.arange(L)[None, :]
-    own_B1LS = (q_pos_BL[:, :, None] ==
-                jnp.arange(max_length)[None, None, :])[:, None]
-    bias_B1LS = jnp.where(own_B1LS, jnp.float32(self_logit), 0.0)
+  if self_logit is not None:  # LSH's own-key logit, as a score modifier
+    options['score'] = scores.chain(scores.self_logit(self_logit),
+                                    options.get('score'))
   # Causal from each row's length on: keys not yet written lie after every
   # query, and a kernel that skips tiles by position visits only the
   # written ones (no [B, L, max_length] mask or bias is formed).
-  out = attend(query, new_key, new_value, bias=bias_B1LS, is_causal=True,
+  out = attend(query, new_key, new_value, is_causal=True,
                query_offset=state.length,
                local_window_size=local_window_size,
                alibi_slopes=alibi_slopes, **options)

@@ -39,9 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from attention import arguments
+from attention import blockwise
 from attention import kv_cache
 from attention import lsh_rounds
-from attention import reference
 from attention import registry
 
 SELF_LOGIT = lsh_rounds.SELF_LOGIT
@@ -192,7 +192,8 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
 def step(state, query, key, value, *, num_new=None, scale=None,
          shared_qk=True, local_window_size=None, alibi_slopes=None,
          logits_soft_cap=None, **unused_options):
-  """Causal decoding step: exact attention over the cache.
+  """Causal decoding step: exact attention over the cache (blockwise: a
+  step at position p costs O(p)).
 
   With `shared_qk`, keys are normalised before they are cached and each
   query's own key gets `SELF_LOGIT`, as in `lsh_attention`; hashing options
@@ -204,10 +205,10 @@ def step(state, query, key, value, *, num_new=None, scale=None,
                    alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   if not shared_qk:
     return kv_cache.step(state, query, key, value,
-                         attend=reference.dot_product_attention,
+                         attend=blockwise.blockwise_attention,
                          num_new=num_new, scale=scale)
   return kv_cache.step(state, query, _normalised(key), value,
-                       attend=reference.dot_product_attention,
+                       attend=blockwise.blockwise_attention,
                        num_new=num_new, self_logit=SELF_LOGIT, scale=scale)
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 
 from attention import arguments
 from attention import kv_cache
 from attention import masking
 from attention import masks
-from attention import positional
 from attention import registry
 from attention import shapes
 
@@ -37,7 +35,7 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
                           broadcast_dropout=True, deterministic=True,
                           dtype=None, precision=None, module=None,
                           alibi_slopes=None, logits_soft_cap=None,
-                          query_offset=None):
+                          query_offset=None, score=None):
   """Exact attention with the semantics of `jax.nn.dot_product_attention`.
 
   The one difference: a query that sees no key (all masked, or past its
@@ -68,7 +66,9 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
     logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`
       (Gemma 2), before bias and ALiBi.
     query_offset: optional int, or int `[B]`: position of the first query
-      (keys start at 0) for causality, windows, masks and ALiBi.
+      (keys start at 0) for causality, windows, masks and scores.
+    score: optional `attention.scores` modifier of the scaled logits, after
+      `logits_soft_cap` and `alibi_slopes` (modifiers too), before the bias.
 
   Returns:
     `[B, T, N, H]` in the dtype of `query` (or `dtype`).
@@ -94,16 +94,17 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
       'BTKGH,BSKH->BKGTS', query_BTKGH, key, precision=precision,
       preferred_element_type=jnp.float32)
   logits_BKGTS *= args.scale
-  if args.logits_soft_cap is not None:
-    cap = args.logits_soft_cap
-    logits_BKGTS = cap * jnp.tanh(logits_BKGTS / cap)
+  score = arguments.score(args, score)
+  if score is not None:  # scores see [B, N, T, S] and absolute positions
+    logits_BNTS = score(logits_BKGTS.reshape(B, dims.N, T, S),
+                        jnp.arange(B)[:, None, None, None],
+                        jnp.arange(dims.N)[None, :, None, None],
+                        q_pos_BT[:, None, :, None],
+                        jnp.arange(S)[None, None, None, :])
+    logits_BKGTS = logits_BNTS.reshape(B, K, G, T, S)
   if bias is not None:
     bias = group_heads(shapes.check_bnts('bias', bias, dims), dims)
     logits_BKGTS += bias.astype(jnp.float32)
-  if args.alibi_slopes is not None:
-    alibi = jax.vmap(positional.alibi_bias, in_axes=(None, 0, None))(
-        args.alibi_slopes, q_pos_BT, jnp.arange(S))
-    logits_BKGTS += alibi.reshape(-1, K, G, T, S)
 
   mask, dense_mask = masks.split(mask)
   mask = masks.all_of(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
@@ -41,7 +42,6 @@ class Plan:
   num_q: int  # query chunks
   num_k: int  # key chunks
   precision: Any = None
-  soft_cap: float | None = None  # logits x -> c tanh(x / c)
 
   @property
   def R(self) -> int:
@@ -113,11 +113,6 @@ def bnts_tile(plan: Plan, array, i, j):
   return tile.reshape(b, k, plan.R, s)
 
 
-def alibi_rows(plan: Plan, slopes_N):
-  """ALiBi slopes `[N]` laid out per tile row: `[K, R]` (row r is g = r % G)."""
-  return jnp.tile(slopes_N.reshape(-1, plan.G), (1, plan.Cq))
-
-
 def tile_positions(plan: Plan, i, j, q_offset=None):
   """Query positions `[B|1, 1, R, 1]` and key positions `[1, 1, 1, Ck]` of
   tile (i, j) (queries from `q_offset`: an int, or int `[B]`), and the row
@@ -130,44 +125,46 @@ def tile_positions(plan: Plan, i, j, q_offset=None):
   return q, k, r
 
 
-def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras, full=False):
-  """Float32 logits `[B, K, R, Ck]` of tile (i, j), and the soft-cap slope.
+def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras, full=False,
+                with_vjp=False):
+  """Float32 logits `[B, K, R, Ck]` of tile (i, j).
 
-  Logits are scaled, soft-capped, biased (bias and ALiBi) and masked; the
-  second result is `d capped / d scaled` (`[B, K, R, Ck]`), or None when
-  there is no cap. `extras` is `(bias, dense_mask, mask, alibi_KR,
-  q_offset)`. A `full` tile (a static flag: kernels loop over partial and
-  full tiles apart) skips the elementwise mask, unless a dense mask is given.
+  Logits are scaled, modified by the score (`attention.scores`), biased and
+  masked. `extras` is `(bias, dense_mask, mask, score, q_offset)`. A `full`
+  tile (a static flag: kernels loop over partial and full tiles apart)
+  skips the elementwise mask, unless a dense mask is given. With
+  `with_vjp`, also a function from `d loss / d logits` to `(d loss / d
+  scaled logits, d loss / d score)` (the score's pytree, or None).
   """
-  bias, dense_mask, mask, alibi_KR, q_offset = extras
-  K = q_BKRH.shape[1]
-  logits_BKRC = jnp.einsum(
+  bias, dense_mask, mask, score, q_offset = extras
+  B, K = q_BKRH.shape[:2]
+  raw_BKRC = jnp.einsum(
       'BKRH,BKCH->BKRC', q_BKRH, k_BKCH, precision=plan.precision,
-      preferred_element_type=jnp.float32)
-  logits_BKRC *= plan.scale
-  cap_slope = None
-  if plan.soft_cap is not None:
-    tanh = jnp.tanh(logits_BKRC / plan.soft_cap)
-    logits_BKRC = plan.soft_cap * tanh
-    cap_slope = 1.0 - tanh * tanh
+      preferred_element_type=jnp.float32) * plan.scale
+  q_pos, k_pos, r = tile_positions(plan, i, j, q_offset)
+  head = (jnp.arange(K)[:, None] * plan.G + r[None, :] % plan.G)[
+      None, :, :, None]
+  back = lambda ds: (ds, None)
+  logits_BKRC = raw_BKRC
+  if score is not None:
+    batch = jnp.arange(B)[:, None, None, None]
+    modify = lambda raw, score: score(raw, batch, head, q_pos, k_pos)
+    if with_vjp:
+      logits_BKRC, back = jax.vjp(modify, raw_BKRC, score)
+    else:
+      logits_BKRC = modify(raw_BKRC, score)
   if bias is not None:
     logits_BKRC += bnts_tile(plan, bias, i, j).astype(jnp.float32)
-  q_pos, k_pos, r = tile_positions(plan, i, j, q_offset)
-  if alibi_KR is not None:
-    distance = jnp.abs(q_pos - k_pos).astype(jnp.float32)
-    logits_BKRC -= alibi_KR[None, :, :, None] * distance
   visible = None
   if mask is not None and not full:
     batch = jnp.arange(mask.batch_size or 1)[:, None, None, None]
-    head = (jnp.arange(K)[:, None] * plan.G + r[None, :] % plan.G)[
-        None, :, :, None]
     visible = mask(batch, head, q_pos, k_pos)
   if dense_mask is not None:
     tile = bnts_tile(plan, dense_mask, i, j)
     visible = tile if visible is None else visible & tile
   if visible is not None:
     logits_BKRC = jnp.where(visible, logits_BKRC, masking.NEG_INF)
-  return logits_BKRC, cap_slope
+  return (logits_BKRC, back) if with_vjp else logits_BKRC
 
 
 def reduce_to(array, shape):
