@@ -98,7 +98,8 @@ def _forward(plan: tiles.Plan, q, k, v, extras):
 
 def _backward(plan: tiles.Plan, residuals, d_out):
   """FlashAttention-2 backward: gradients of q, k, v and bias."""
-  q, k, v, extras, out, lse = residuals
+  q, k, v, extras, out, lse, learn_score = residuals
+  learn_score = learn_score is not None
   R, Ck, scale = plan.R, plan.Ck, plan.scale
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)
   f32 = functools.partial(jnp.einsum, precision=plan.precision,
@@ -119,7 +120,7 @@ def _backward(plan: tiles.Plan, residuals, d_out):
       lse_i, delta_i = (lax.dynamic_slice_in_dim(x, i * R, R, axis=2)
                         for x in (lse, delta))
       s, back = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full,
-                                  with_vjp=True)
+                                  with_vjp=True, learn_score=learn_score)
       p = jnp.exp(s - lse_i[..., None])
       dv_j += f32('BKRC,BKRH->BKCH', p.astype(d_out.dtype), do_i)
       dp = f32('BKRH,BKCH->BKRC', do_i, v_j)
@@ -148,7 +149,7 @@ def _backward(plan: tiles.Plan, residuals, d_out):
 
   bias, score = extras[0], extras[3]
   f32_zeros = lambda x: None if x is None else jnp.zeros(x.shape, jnp.float32)
-  dscore = None if score is None else jax.tree.map(jnp.zeros_like, score)
+  dscore = (jax.tree.map(jnp.zeros_like, score) if learn_score else None)
   dq, dk, dv, dbias, dscore = lax.fori_loop(
       0, plan.num_k, key_chunk,
       tuple(f32_zeros(x) for x in (q, k, v, bias)) + (dscore,))
@@ -164,18 +165,25 @@ def _attend(plan, q, k, v, bias, dense_mask, mask, score, q_offset):
   return _forward(plan, q, k, v, extras)[0]
 
 
-def _attend_fwd(plan, q, k, v, bias, dense_mask, mask, score, q_offset):
+def _attend_fwd(plan, *args):
+  # symbolic_zeros: each leaf says whether it is differentiated. A score's
+  # parameters get gradients only when they are (a per-tile cost).
+  learn_score = any(x.perturbed for x in jax.tree.leaves(args[6]))
+  q, k, v, bias, dense_mask, mask, score, q_offset = (
+      jax.custom_derivatives.custom_vjp_primal_tree_values(args))
   extras = (bias, dense_mask, mask, score, q_offset)
   out, lse = _forward(plan, q, k, v, extras)
-  return out, (q, k, v, extras, out, lse)
+  return out, (q, k, v, extras, out, lse, () if learn_score else None)
 
 
 def _attend_bwd(plan, residuals, d_out):
+  if isinstance(d_out, jax.custom_derivatives.SymbolicZero):
+    d_out = jnp.zeros(d_out.shape, d_out.dtype)
   dq, dk, dv, dbias, dscore = _backward(plan, residuals, d_out)
   return dq, dk, dv, dbias, None, None, dscore, None
 
 
-_attend.defvjp(_attend_fwd, _attend_bwd)
+_attend.defvjp(_attend_fwd, _attend_bwd, symbolic_zeros=True)
 
 
 def _pad_axis(x, axis, size):

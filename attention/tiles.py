@@ -126,7 +126,7 @@ def tile_positions(plan: Plan, i, j, q_offset=None):
 
 
 def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras, full=False,
-                with_vjp=False):
+                with_vjp=False, learn_score=False):
   """Float32 logits `[B, K, R, Ck]` of tile (i, j).
 
   Logits are scaled, modified by the score (`attention.scores`), biased and
@@ -134,7 +134,8 @@ def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras, full=False,
   tile (a static flag: kernels loop over partial and full tiles apart)
   skips the elementwise mask, unless a dense mask is given. With
   `with_vjp`, also a function from `d loss / d logits` to `(d loss / d
-  scaled logits, d loss / d score)` (the score's pytree, or None).
+  scaled logits, d loss / d score)` (the score's pytree where
+  `learn_score`, else None).
   """
   bias, dense_mask, mask, score, q_offset = extras
   B, K = q_BKRH.shape[:2]
@@ -149,8 +150,12 @@ def tile_logits(plan: Plan, q_BKRH, k_BKCH, i, j, extras, full=False,
   if score is not None:
     batch = jnp.arange(B)[:, None, None, None]
     modify = lambda raw, score: score(raw, batch, head, q_pos, k_pos)
-    if with_vjp:
+    if with_vjp and learn_score:
       logits_BKRC, back = jax.vjp(modify, raw_BKRC, score)
+    elif with_vjp:
+      logits_BKRC, back_raw = jax.vjp(lambda raw: modify(raw, score),
+                                      raw_BKRC)
+      back = lambda ds: (back_raw(ds)[0], None)
     else:
       logits_BKRC = modify(raw_BKRC, score)
   if bias is not None:
