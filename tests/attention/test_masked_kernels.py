@@ -159,3 +159,22 @@ def test_a_query_offset_places_the_queries_for_every_rule(offset):
       **dict(options, query_offset=None))
   np.testing.assert_allclose(want, full[np.arange(B)[:, None], rows],
                              atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['blockwise', 'dot_product'])
+def test_masks_work_in_decoding(name):
+  """Token by token through the KV cache, with a per-head sparse pattern
+  and packed documents, equals one causal call with the same mask."""
+  mechanism = attention.get(name)
+  q, k, v = inputs()
+  q, k, v = q[:, :24], k[:, :24], v[:, :24]
+  ids = jnp.asarray(test_masks.SEGMENTS[:, :24])
+  mask = masks.per_head(masks.sliding_window(4), masks.strided(5) |
+                        masks.fixed(8, 2)) & masks.document(ids)
+  full = mechanism(q, k, v, is_causal=True, mask=mask)
+  state = mechanism.init_state(B, K, H, max_length=32)
+  step = jax.jit(functools.partial(mechanism.step, mask=mask))
+  for t in range(24):
+    out, state = step(state, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1])
+    np.testing.assert_allclose(out[:, 0], full[:, t], atol=1e-5,
+                               err_msg=f'position {t}')
