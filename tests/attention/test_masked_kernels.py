@@ -178,3 +178,11 @@ def test_masks_work_in_decoding(name):
     out, state = step(state, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1])
     np.testing.assert_allclose(out[:, 0], full[:, t], atol=1e-5,
                                err_msg=f'position {t}')
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_random_compositions_through_the_kernel(seed):
+  """Property test: random trees of &, | and per-head masks."""
+  rng = np.random.default_rng(100 + seed)
+  check(test_masks.random_tree(rng, 2) & test_masks.random_tree(rng, 1),
+        chunks=(8, 7))
