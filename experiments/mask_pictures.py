@@ -27,7 +27,8 @@ _CHUNK = flags.DEFINE_integer('chunk', 8, 'Tile size of the layouts.')
 
 def examples(n: int) -> dict[str, masks.Mask]:
   """The masks the docs show, at length n."""
-  documents = jnp.asarray(np.repeat([0, 1, 2, 3], [10, 22, 20, n - 52]))[None]
+  ends = [round(n * f) for f in (0.15, 0.5, 0.8)] + [n]  # 4 documents
+  documents = jnp.asarray(np.repeat(np.arange(4), np.diff([0] + ends)))[None]
   return {
       'causal': masks.causal(),
       'sliding_window': masks.causal() & masks.sliding_window(11),
@@ -35,11 +36,12 @@ def examples(n: int) -> dict[str, masks.Mask]:
       'strided_heads': masks.causal() & masks.per_head(
           masks.sliding_window(7), masks.strided(8)),
       'fixed': masks.causal() & masks.fixed(16, 2),
-      'longformer': masks.sliding_window(6, 6) | masks.global_tokens([0, 33]),
+      'longformer': (masks.sliding_window(6, 6) |
+                     masks.global_tokens([0, n // 2 + 1])),
       'bigbird': (masks.sliding_window(8, 8) | masks.global_tokens([0, 1]) |
                   masks.random_blocks(2, 8, seed=0)),
       'documents': masks.causal() & masks.document(documents),
-      'prefix_lm': masks.prefix_lm(24),
+      'prefix_lm': masks.prefix_lm(3 * n // 8),
   }
 
 

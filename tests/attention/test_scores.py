@@ -33,7 +33,7 @@ def t5_bucket_numpy(relative, num_buckets, max_distance, bidirectional):
   else:
     n = np.maximum(n, 0)
   max_exact = num_buckets // 2
-  with np.errstate(divide='ignore'):
+  with np.errstate(divide='ignore', invalid='ignore'):
     large = max_exact + (np.log(n / max_exact) / np.log(
         max_distance / max_exact) * (num_buckets - max_exact)).astype(int)
   large = np.minimum(large, num_buckets - 1)
@@ -102,7 +102,8 @@ def loss_and_grads(fn, score, dtype):
                                                           score)
 
 
-@pytest.mark.parametrize('name', sorted(SCORES))
+# soft_cap and alibi run through the kernel inside 'chain'.
+@pytest.mark.parametrize('name', ['chain', 'custom', 'self_logit', 't5'])
 def test_blockwise_gradients_reach_the_scores_parameters(name):
   """Outputs and gradients (inputs and the score's parameters) through the
   custom VJP equal autodiff of the dense reference; causal from an offset,

@@ -21,14 +21,14 @@ def test_attention_benchmark(tmp_path):
   output = tmp_path / 'bench.json'
   stdout = run('experiments.benchmark', '--lengths=64,96', '--repeats=1',
                '--mechanisms=blockwise,linear', '--kv_heads=2', '--heads=4',
-               '--head_dim=16',
+               '--head_dim=16', '--modes=forward',
                '--mechanism_options={"linear": {"chunk_size": 16}}',
                f'--output={output}')
   assert 'matmul' in stdout
-  assert '| blockwise | forward_backward | 96 |' in stdout
-  assert 'crossover linear vs blockwise, forward_backward:' in stdout
+  assert '| blockwise | forward | 96 |' in stdout
+  assert 'crossover linear vs blockwise, forward:' in stdout
   rows = json.loads(output.read_text())['rows']
-  assert len(rows) == 2 * 2 * 3  # modes x lengths x (jax.nn + 2 mechanisms)
+  assert len(rows) == 1 * 2 * 3  # modes x lengths x (jax.nn + 2 mechanisms)
   for row in rows:
     assert row['seconds'] > 0 and row['temp_bytes'] > 0 and row['gflops'] > 0
 
@@ -80,3 +80,22 @@ def test_stream_benchmark(tmp_path):
   assert temp['infini', 64] == temp['infini', 256]  # constant in T
   assert temp['xl', 64] == temp['xl', 256]
   assert all(r['tokens_per_s'] > 0 for r in rows)
+
+
+def test_mask_and_decode_step_benchmarks_and_mask_pictures(tmp_path):
+  stdout = run('experiments.benchmark_masks', '--lengths=2048',
+               '--modes=forward', '--masks=causal,window,documents',
+               '--heads=2', '--kv_heads=1', '--head_dim=16', '--repeats=1',
+               f'--output={tmp_path / "masks.json"}')
+  assert '| 2048 | forward | documents |' in stdout
+  rows = json.loads((tmp_path / 'masks.json').read_text())['rows']
+  assert [r['mask'] for r in rows] == ['causal', 'window', 'documents']
+  assert rows[2]['tiles'] < rows[0]['tiles']  # documents visit fewer
+  stdout = run('experiments.benchmark_decode_step', '--max_lengths=64,256',
+               '--position=16', '--steps=2', '--repeats=1', '--heads=2',
+               '--kv_heads=1', '--head_dim=16')
+  assert '| 256 |' in stdout
+  stdout = run('experiments.mask_pictures', f'--output_dir={tmp_path}',
+               '--length=16', '--chunk=4')
+  assert 'causal: ' in stdout and (tmp_path / 'mask_bigbird.png').stat(
+      ).st_size > 0
