@@ -5,16 +5,16 @@ arguments of `jax.nn.dot_product_attention`; see `attention.shapes` for the
 legend. Mechanisms are also reachable by name: `attention.get(name)`.
 """
 
-from attention.blockwise import blockwise_attention
-from attention.infini import infini_attention
-from attention import infini_decoding  # registers infini
+from attention.exact.blockwise import blockwise_attention
+from attention.memory.infini import infini_attention
+from attention.memory import infini_decoding  # registers infini
 from attention import masks
 from attention import scores
-from attention.linear import linear_attention
-from attention.lsh import lsh_attention
-from attention.performer import draw_projection, performer_attention
-from attention.reference import dot_product_attention
-from attention.xl import xl_attention
+from attention.kernelized.linear import linear_attention
+from attention.hashing.lsh import lsh_attention
+from attention.kernelized.performer import draw_projection, performer_attention
+from attention.exact.reference import dot_product_attention
+from attention.memory.xl import xl_attention
 from attention.registry import Mechanism, get, names, register
 
 __all__ = [

@@ -19,7 +19,7 @@ class Mechanism:
   Calling it calls `fn` with the defaults, overridden by the call's keywords.
   `init_state(batch_size, num_kv_heads, head_dim, **options)` and
   `step(state, query, key, value, **options) -> (out, state)` decode
-  causally (see `attention.kv_cache`); None where a mechanism cannot.
+  causally (see `attention.decoding.kv_cache`); None where a mechanism cannot.
 
   `exact`: computes softmax attention exactly (tested against the oracle);
   approximations are tested against their own definitions. `refuses`: the

@@ -1,6 +1,6 @@
 r"""One exact-attention decoding step: does it cost O(tokens so far)?
 
-A KV cache (`attention.kv_cache`) holding `--position` tokens takes one new
+A KV cache (`attention.decoding.kv_cache`) holding `--position` tokens takes one new
 token; the jitted `step` is timed with the cache donated, as in a decoding
 loop, for each `--max_lengths` (cache size). Steps at the same position
 should cost the same whatever the cache size; the compiled step's

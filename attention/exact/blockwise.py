@@ -32,13 +32,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
-from attention import kv_cache
+from attention.decoding import kv_cache
 from attention import masking
 from attention import masks
-from attention import reference
+from attention.exact import reference
 from attention import registry
 from attention import shapes
-from attention import tiles
+from attention.exact import tiles
 
 
 def _key_chunk(x_BSKH, j, size):
@@ -303,7 +303,7 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   return out.reshape(B, Tp, N, H)[:, :T]
 
 
-# Decoding: a fixed-size KV cache of K heads (`attention.kv_cache`).
+# Decoding: a fixed-size KV cache of K heads (`attention.decoding.kv_cache`).
 init_state = kv_cache.init_state
 step = functools.partial(kv_cache.step, attend=blockwise_attention)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import attention
-from attention import ring_cache
+from attention.decoding import ring_cache
 
 B, T, N, K, H, LEFT = 2, 29, 4, 2, 16, 6
 

@@ -7,7 +7,7 @@ phi applied per head to queries and keys,
   out_t = phi(q_t) . sum_s phi(k_s) v_s^T / (phi(q_t) . sum_s phi(k_s) + eps),
 
 summed over all keys (bidirectional) or over s <= t (causal). Three forms
-compute the same thing (`attention.kernelized` holds the math):
+compute the same thing (`attention.kernelized.chunked` holds the math):
 
   parallel:  one chunk of the whole length: the masked T x T matrix;
   chunked:   `chunk_size` tokens at a time, the quadratic form inside a
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from attention import arguments
-from attention import kernelized
+from attention.kernelized import chunked
 from attention import registry
 
 FEATURE_MAPS = {
@@ -111,7 +111,7 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
       else scale, local_window_size=None, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
-  return kernelized.attend(args, _features(feature_map, args.scale),
+  return chunked.attend(args, _features(feature_map, args.scale),
                            is_causal=is_causal, chunk_size=chunk_size, eps=eps)
 
 
@@ -128,11 +128,11 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
     arguments.check_positive_int(name, value)
   F = jax.eval_shape(feature_function(feature_map),
                      jax.ShapeDtypeStruct((head_dim,), jnp.float32)).shape[-1]
-  return kernelized.init_state(batch_size, num_kv_heads, F, head_dim,
+  return chunked.init_state(batch_size, num_kv_heads, F, head_dim,
                                weighted=False)
 
 
-def step(state: kernelized.State, query, key, value, *, num_new=None,
+def step(state: chunked.State, query, key, value, *, num_new=None,
          scale=None, feature_map='elu_plus_one', eps=1e-6, chunk_size=64,
          local_window_size=None, alibi_slopes=None, logits_soft_cap=None,
          **unused_options):
@@ -155,8 +155,8 @@ def step(state: kernelized.State, query, key, value, *, num_new=None,
   _check(chunk_size, eps)
   args = arguments.parse_step('linear_attention', query, key, value,
                               scale=1.0 if scale is None else scale)
-  kernelized.check_step(state, args)
-  return kernelized.step(state, _features(feature_map, args.scale), args,
+  chunked.check_step(state, args)
+  return chunked.step(state, _features(feature_map, args.scale), args,
                          num_new=num_new, chunk_size=chunk_size, eps=eps)
 
 

@@ -24,12 +24,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
-from attention import infini
-from attention import kv_cache
+from attention.memory import infini
+from attention.decoding import kv_cache
 from attention import positional
-from attention import reference
+from attention.exact import reference
 from attention import registry
-from attention import segment_steps
+from attention.decoding import segment_steps
 
 
 class State(NamedTuple):

@@ -25,7 +25,7 @@ State: `Memory` (M, z and the tokens seen), O(K H^2) per sequence whatever
 its length; `segment_step` is one segment, `scan_segments` a whole sequence
 in a `lax.scan` (constant memory in the forward pass; the backward pass
 keeps one memory per segment). Decoding (`init_state`/`step`,
-`attention.infini_decoding`) carries the memory and the keys and values of
+`attention.memory.infini_decoding`) carries the memory and the keys and values of
 the unfinished segment, and writes them when it fills.
 """
 
@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 
 from attention import arguments
-from attention import blockwise
-from attention import kernelized
-from attention import linear
+from attention.exact import blockwise
+from attention.kernelized import chunked
+from attention.kernelized import linear
 from attention import positional
 
 RULES = ('delta', 'linear')
@@ -69,7 +69,7 @@ def retrieve(sigma_q_BLKGH, memory: Memory):
   """`sigma(Q) M / (sigma(Q) z)` float32 `[B, L, K, G, H]`; 0 where z is 0."""
   num = jnp.einsum('BLKGH,BKHD->BLKGD', sigma_q_BLKGH, memory.matrix)
   den = jnp.einsum('BLKGH,BKH->BLKG', sigma_q_BLKGH, memory.normaliser)
-  return kernelized.normalise(num, den, 0.0)  # den >= 0: 0 only when empty
+  return chunked.normalise(num, den, 0.0)  # den >= 0: 0 only when empty
 
 
 def write(memory: Memory, key_BLKH, value_BLKH, valid_BL, rule: str):

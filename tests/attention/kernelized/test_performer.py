@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import attention
-from attention import performer
-from tests.attention import feature_oracle
+from attention.kernelized import performer
+from tests.attention.kernelized import feature_oracle
 
 H = 16
 

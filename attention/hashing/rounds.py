@@ -1,7 +1,7 @@
 """The hash rounds of Reformer LSH attention: hash, sort, attend by chunks.
 
 Kitaev et al. 2020, "Reformer: The Efficient Transformer" (arXiv
-2001.04451); `attention.lsh` holds the public function and the maths.
+2001.04451); `attention.hashing.lsh` holds the public function and the maths.
 
 Layout: queries `[B, K, G, T, H]` (G query heads per key head), keys and
 values `[B, K, T, H]`. Sort orders are int32 `[P, B, K, T]` for keys and

@@ -32,12 +32,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
-from attention import blockwise
-from attention import kv_cache
+from attention.exact import blockwise
+from attention.decoding import kv_cache
 from attention import positional
-from attention import reference
+from attention.exact import reference
 from attention import registry
-from attention import segment_steps
+from attention.decoding import segment_steps
 
 _REFUSED_WHY = 'segments attend causally to themselves and their cache'
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import attention
-from attention import linear
-from tests.attention import feature_oracle
+from attention.kernelized import linear
+from tests.attention.kernelized import feature_oracle
 
 CASES = [  # (name, T, S, N, K, is_causal, kv_len, q_len)
     ('mha', 37, 37, 4, 4, False, None, None),

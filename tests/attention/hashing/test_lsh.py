@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attention import lsh
-from attention import lsh_rounds
+from attention.hashing import lsh
+from attention.hashing import rounds
 from attention import masking
 
 B, T, N, H = 2, 37, 4, 16
@@ -47,8 +47,8 @@ def _chunks(x, rotations, C, ok):
   Tp = T + (-T % C)
   x = jnp.pad(x, [(0, 0), (0, Tp - T), (0, 0), (0, 0)])
   U = 2 * rotations.shape[2]
-  _, inverse = lsh_rounds.sort_by_bucket(
-      lsh_rounds.hash_buckets(x, rotations), ok, U)
+  _, inverse = rounds.sort_by_bucket(
+      rounds.hash_buckets(x, rotations), ok, U)
   return np.asarray(inverse // C)[..., :T]
 
 
@@ -178,7 +178,7 @@ def test_future_values_never_move_earlier_outputs():
 def test_a_different_key_gives_different_buckets():
   q, _ = qv()
   k = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
-  buckets = [lsh_rounds.hash_buckets(k, lsh.draw_rotations(
+  buckets = [rounds.hash_buckets(k, lsh.draw_rotations(
       jax.random.key(s), H, 2, 8)) for s in (0, 1)]
   assert buckets[0].shape == (B, N, 2, T)
   assert not np.array_equal(buckets[0], buckets[1])

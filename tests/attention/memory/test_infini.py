@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attention import infini
-from attention import infini_decoding
+from attention.memory import infini
+from attention.memory import infini_decoding
 from attention import positional
 
 B, T, N, K, H = 2, 37, 4, 2, 8

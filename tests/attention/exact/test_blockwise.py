@@ -9,7 +9,7 @@ import pytest
 
 import attention
 from tests.attention import cases
-from tests.attention import test_reference
+from tests.attention.exact import test_reference
 
 # (query_chunk_size, key_chunk_size): neither divides 37; query chunk larger
 # than, smaller than, and longer than the sequence.

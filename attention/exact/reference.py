@@ -13,7 +13,7 @@ import functools
 import jax.numpy as jnp
 
 from attention import arguments
-from attention import kv_cache
+from attention.decoding import kv_cache
 from attention import masking
 from attention import masks
 from attention import registry
@@ -134,7 +134,7 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
   return out_BTKGH.reshape(B, T, dims.N, H).astype(query.dtype)
 
 
-# Decoding: a fixed-size KV cache of K heads (`attention.kv_cache`).
+# Decoding: a fixed-size KV cache of K heads (`attention.decoding.kv_cache`).
 init_state = kv_cache.init_state
 step = functools.partial(kv_cache.step, attend=dot_product_attention)
 

@@ -39,12 +39,12 @@ import jax
 import jax.numpy as jnp
 
 from attention import arguments
-from attention import blockwise
-from attention import kv_cache
-from attention import lsh_rounds
+from attention.exact import blockwise
+from attention.decoding import kv_cache
+from attention.hashing import rounds
 from attention import registry
 
-SELF_LOGIT = lsh_rounds.SELF_LOGIT
+SELF_LOGIT = rounds.SELF_LOGIT
 _REFUSED_WHY = 'a query sees only its hash chunks'
 
 
@@ -128,7 +128,7 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
   key = _normalised(args.key.astype(jnp.float32)) if shared_qk else args.key
   query, key, value = pad(args.query), pad(key), pad(args.value)
   orders = _sort_orders(query, key, rotations, key_ok, d, Tp == C, shared_qk)
-  out, seen = lsh_rounds.attend_rounds(
+  out, seen = rounds.attend_rounds(
       query.reshape(d.B, Tp, d.K, d.G, d.H).transpose(0, 2, 3, 1, 4),
       key.swapaxes(1, 2), value.swapaxes(1, 2), *orders, chunk_size=C,
       scale=args.scale, is_causal=is_causal, key_ok_BT=key_ok,
@@ -164,11 +164,11 @@ def _sort_orders(query, key, rotations, key_ok, d, one_chunk, shared_qk):
     identity = jnp.broadcast_to(jnp.arange(Tp, dtype=jnp.int32),
                                 (1, d.B, d.K, 1, Tp))
     return identity, identity, identity[:, :, :, 0], identity[:, :, :, 0]
-  k_order, k_inverse = lsh_rounds.sort_rounds(key, rotations, key_ok)
+  k_order, k_inverse = rounds.sort_rounds(key, rotations, key_ok)
   if shared_qk:  # Queries take their own position's key bucket.
     return k_order[:, :, :, None], k_inverse[:, :, :, None], k_order, k_inverse
   q_ok = jnp.broadcast_to(jnp.arange(Tp) < d.T, (d.B, Tp))
-  q_order, q_inverse = lsh_rounds.sort_rounds(
+  q_order, q_inverse = rounds.sort_rounds(
       query.reshape(d.B, Tp, d.N, d.H), rotations, q_ok)
   split = lambda x: x.reshape(x.shape[:2] + (d.K, d.G, Tp))
   return split(q_order), split(q_inverse), k_order, k_inverse
@@ -182,7 +182,7 @@ def _normalised(key):
 
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
                max_length: int, dtype=jnp.float32, **unused_options):
-  """A KV cache (`attention.kv_cache`): decoding falls back to exact
+  """A KV cache (`attention.decoding.kv_cache`): decoding falls back to exact
   attention over it, O(max_length) memory per row."""
   del unused_options
   return kv_cache.init_state(batch_size, num_kv_heads, head_dim,

@@ -9,7 +9,7 @@ import pytest
 
 import attention
 from tests.attention import cases
-from tests.attention import test_reference
+from tests.attention.exact import test_reference
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 
 import attention
 from attention import positional
-from attention import xl
+from attention.memory import xl
 
 B, T, N, K, H = 2, 37, 4, 2, 16
 

@@ -8,7 +8,7 @@ W `[F, H]` of Gaussian rows w_f,
               = E_w[ e^(|q~|^2/2 + |k~|^2/2) cos(w.(q~ - k~)) ]     (trig)
 
 so phi(x) = exp(W x~ - |x~|^2/2) / sqrt(F) turns softmax attention into
-linear attention (`attention.kernelized`), O(N F H) instead of O(N^2 H).
+linear attention (`attention.kernelized.chunked`), O(N F H) instead of O(N^2 H).
 Orthogonal rows (Gaussian blocks orthogonalised by QR, each row rescaled to
 a chi(H)-distributed norm, Sec. 2.4 of the paper) lower the estimator's
 variance. 'relu' features relu(W x) (the paper's generalised attention)
@@ -18,7 +18,7 @@ Stability without looking ahead. A query's own factors (its norm and its
 largest feature) cancel between numerator and denominator, so query
 features are exp(W q~ - max_f W q~), at most 1. A key's factor does not
 cancel: it becomes the key's log-weight w_s = max_f (W k~)_f - |k~|^2/2
-and `attention.kernelized` holds the prefix sums relative to the running
+and `attention.kernelized.chunked` holds the prefix sums relative to the running
 maximum of w over the keys seen so far. The reference JAX release instead
 takes the maximum over the whole sequence (and seeds its feature redraw with
 a sum over all queries): in causal mode its outputs depend on future tokens.
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
-from attention import kernelized
+from attention.kernelized import chunked
 from attention import registry
 
 KERNELS = ('softmax', 'trig', 'relu')
@@ -119,7 +119,7 @@ def _check(kernel, chunk_size):
 
 
 def _features(args, kernel, projection, num_features, orthogonal):
-  """`(q, k) -> (phi_q, phi_k, w)` for `attention.kernelized`."""
+  """`(q, k) -> (phi_q, phi_k, w)` for `attention.kernelized.chunked`."""
   projection_FH = projection_for(projection, num_features, args.dims.H,
                                  orthogonal)
 
@@ -179,7 +179,7 @@ def performer_attention(query, key, value, bias=None, mask=None, *,
       local_window_size=None, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
-  return kernelized.attend(
+  return chunked.attend(
       args, _features(args, kernel, projection, num_features, orthogonal),
       is_causal=is_causal, chunk_size=chunk_size, eps=0.0)
 
@@ -198,11 +198,11 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
                       ('head_dim', head_dim), ('num_features', num_features)]:
     arguments.check_positive_int(name, value)
   F = 2 * num_features if kernel == 'trig' else num_features
-  return kernelized.init_state(batch_size, num_kv_heads, F, head_dim,
+  return chunked.init_state(batch_size, num_kv_heads, F, head_dim,
                                weighted=kernel != 'relu')
 
 
-def step(state: kernelized.State, query, key, value, *, num_new=None,
+def step(state: chunked.State, query, key, value, *, num_new=None,
          scale=None, kernel='softmax', num_features=256, projection=None,
          orthogonal=True, chunk_size=64, local_window_size=None,
          alibi_slopes=None, logits_soft_cap=None, **unused_options):
@@ -225,9 +225,9 @@ def step(state: kernelized.State, query, key, value, *, num_new=None,
   _check(kernel, chunk_size)
   args = arguments.parse_step('performer_attention', query, key, value,
                               scale=scale)
-  kernelized.check_step(state, args, num_features * (
+  chunked.check_step(state, args, num_features * (
       2 if kernel == 'trig' else 1))
-  return kernelized.step(
+  return chunked.step(
       state, _features(args, kernel, projection, num_features, orthogonal),
       args, num_new=num_new, chunk_size=chunk_size, eps=0.0)
 

@@ -65,7 +65,7 @@ def test_gradient_error_does_not_grow_with_length(name):
   assert long < 2 * short, (short, long)
 
 
-if __name__ == '__main__':  # python -m tests.attention.test_kernelized
+if __name__ == '__main__':  # python -m tests.attention.kernelized.test_kernelized
   with jax.enable_x64(True):
     for mechanism in sorted(MECHANISMS):
       print(mechanism, {T: f'{_gradient_error(mechanism, T):.2g}'

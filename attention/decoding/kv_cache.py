@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
-from attention import ring_cache
+from attention.decoding import ring_cache
 from attention import scores
 
 
@@ -50,7 +50,7 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
   """An empty cache for `max_length` tokens per row.
 
   With `local_window_size=(left, right)` and `left < max_length`, a ring of
-  the last `left` tokens instead (`attention.ring_cache`): constant memory,
+  the last `left` tokens instead (`attention.decoding.ring_cache`): constant memory,
   however long the stream. Options of the mechanism that do not shape the
   cache (chunk sizes, say) are accepted and ignored, so a model can pass one
   option dict to both.

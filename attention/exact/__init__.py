@@ -1,0 +1,1 @@
+"""Exact softmax attention: the dense reference, the blockwise (flash) kernel and its tile lists."""

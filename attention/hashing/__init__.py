@@ -1,0 +1,1 @@
+"""Attention restricted by hashing: Reformer LSH attention and its rounds."""

@@ -1,0 +1,1 @@
+"""Kernelized attention in O(N): a chunked feature-map kernel, linear attention and the Performer."""

@@ -1,0 +1,1 @@
+"""Attention with a memory across segments: Infini-attention and Transformer-XL."""
