@@ -152,7 +152,7 @@ def check_positive_int(name: str, value):
 
 # The shared options that only a mechanism forming attention logits honours.
 LOGIT_OPTIONS = ('bias', 'mask', 'local_window_size', 'alibi_slopes',
-                 'logits_soft_cap')
+                 'logits_soft_cap', 'score')
 
 
 def refuse(mechanism: str, why: str, **options):

@@ -1,7 +1,10 @@
 """Attention mechanisms by name: `get(name)`, `names()`, `register(...)`.
 
-Each mechanism module registers itself on import with its default options;
-configs and models refer to mechanisms by these names only.
+Each mechanism module registers itself on import: its function, its
+decoding pair and its option type. Configs and models refer to mechanisms
+by these names only. The registry holds kernels, nothing of layers: what a
+model adds around a kernel (RoPE applied inside, learned gates, random
+projections kept as state) lives in `models.layers`.
 """
 
 from __future__ import annotations
@@ -9,66 +12,74 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from attention import options as options_lib
+
 _REGISTRY: dict[str, 'Mechanism'] = {}
 
 
 @dataclasses.dataclass(frozen=True)
 class Mechanism:
-  """A registered attention function with its default options.
+  """A registered attention function, its decoding pair and option type.
 
-  Calling it calls `fn` with the defaults, overridden by the call's keywords.
-  `init_state(batch_size, num_kv_heads, head_dim, **options)` and
-  `step(state, query, key, value, **options) -> (out, state)` decode
-  causally (see `attention.decoding.kv_cache`); None where a mechanism cannot.
+  `fn(query, key, value, ..., **options)`; calling the mechanism calls it.
+  `init_state(batch_size, num_kv_heads, head_dim, *, max_length, dtype,
+  **options)` and `step(state, query, key, value, **arguments_and_options)
+  -> (out, state)` decode causally (see `attention.decoding.kv_cache`);
+  None where a mechanism cannot. All three take the same options, as
+  keywords or `options=options_type(...)`, and reject unknown ones with a
+  ValueError.
 
   `exact`: computes softmax attention exactly (tested against the oracle);
   approximations are tested against their own definitions. `refuses`: the
-  shared options it cannot honour (each raises ValueError when set).
-  `draw_projection(rng, head_dim, **options)`: for randomised mechanisms,
-  a new draw of their random option, named by `projection_option` (the
-  Performer's `projection`, LSH's `rng`); models keep it as a non-trainable
-  variable and can redraw it. `rope_inside`: the mechanism takes content
-  queries and keys and applies RoPE itself (option `rope_base`), at
-  positions it knows (from a segment's start, say); models then pass the
-  base instead of rotating. `learned_options`: `(option, initial value)`
-  pairs of options that models learn, one float per query head
-  (Infini-attention's `gate_logits`).
+  shared arguments it cannot honour (each raises ValueError when set).
   """
 
   name: str
   fn: Callable[..., Any]
-  defaults: tuple[tuple[str, Any], ...]  # sorted (option, value) pairs
+  options: type[options_lib.Options]
   init_state: Callable[..., Any] | None = None
   step: Callable[..., Any] | None = None
   exact: bool = True
   refuses: tuple[str, ...] = ()
-  draw_projection: Callable[..., Any] | None = None
-  projection_option: str = 'projection'
-  rope_inside: bool = False
-  learned_options: tuple[tuple[str, float], ...] = ()
 
   @property
   def decodable(self) -> bool:
     return self.step is not None
 
+  @property
+  def defaults(self) -> dict[str, Any]:
+    """The default options, as a dict."""
+    return self.options().as_dict()
+
+  def make_options(self, options=None, /, **overrides) -> options_lib.Options:
+    """This mechanism's options from an instance, a mapping or pairs."""
+    return self.options.create(options, **overrides)
+
   def __call__(self, query, key, value, *args, **kwargs):
-    return self.fn(query, key, value, *args, **{**dict(self.defaults),
-                                                 **kwargs})
+    return self.fn(query, key, value, *args, **kwargs)
 
 
-def register(name: str, fn: Callable[..., Any], *, init_state=None,
-             step=None, exact=True, refuses=(), draw_projection=None,
-             projection_option='projection', rope_inside=False,
-             learned_options=(), **defaults):
-  """Registers `fn` (and its decoding pair) under `name` with defaults."""
+def register(name: str, fn: Callable[..., Any], *, options,
+             init_state=None, step=None, exact=True, refuses=()):
+  """Registers `fn` (and its decoding pair) under `name`.
+
+  `fn`, `init_state` and `step` take `options` (an `Options` subclass):
+  decorate them with `attention.options.takes(options)`.
+  """
   if name in _REGISTRY and _REGISTRY[name].fn is not fn:
     raise ValueError(f'attention mechanism {name!r} is already registered')
   if (init_state is None) != (step is None):
     raise ValueError(f'{name}: give both init_state and step, or neither')
-  _REGISTRY[name] = Mechanism(name, fn, tuple(sorted(defaults.items())),
-                              init_state, step, exact, tuple(refuses),
-                              draw_projection, projection_option, rope_inside,
-                              tuple(map(tuple, learned_options)))
+  if not (isinstance(options, type) and
+          issubclass(options, options_lib.Options)):
+    raise TypeError(f'{name}: options must be an attention.options.Options '
+                    f'subclass, got {options!r}')
+  for what, f in [('fn', fn), ('init_state', init_state)]:
+    if f is not None and getattr(f, 'options_type', None) is not options:
+      raise TypeError(f'{name}: {what} must be decorated with '
+                      f'attention.options.takes({options.__name__})')
+  _REGISTRY[name] = Mechanism(name, fn, options, init_state, step, exact,
+                              tuple(refuses))
   return fn
 
 

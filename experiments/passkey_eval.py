@@ -24,18 +24,19 @@ def variant_config(config, variant: str):
   segment = config.model.attention_options['segment_size']
   chunk = config.model.attention_options.get('chunk_size', segment)
   options = {'infini': ('infini', {'segment_size': segment,
-                                   'chunk_size': chunk}),
+                                   'chunk_size': chunk}, ''),
              'xl': ('xl', {'segment_size': segment, 'memory_length': segment,
-                           'chunk_size': chunk}),
-             'window': ('blockwise', {'local_window_size': (segment, 0),
-                                      'query_chunk_size': chunk,
-                                      'key_chunk_size': chunk})}
+                           'chunk_size': chunk}, ''),
+             'window': ('blockwise', {'query_chunk_size': chunk,
+                                      'key_chunk_size': chunk},
+                        f'sliding_window({segment})')}
   if variant not in options:
     raise ValueError(f'variant must be one of {sorted(options)}, got '
                      f'{variant!r}')
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.model.attention, config.model.attention_options = options[variant]
+    (config.model.attention, config.model.attention_options,
+     config.model.attention_mask) = options[variant]
   return config
 
 

@@ -37,27 +37,13 @@ from experiments import data as data_lib
 from experiments import preemption
 from experiments import reporting
 from experiments import resume
+from experiments import model_config
 from experiments import tasks
 from experiments import validation
 from experiments import workdir_lock
 import models
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def _model_config(config) -> models.TransformerConfig:
-  m = config.model
-  return models.TransformerConfig(
-      vocab_size=256, model_dim=m.model_dim, num_layers=m.num_layers,
-      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, mlp_dim=m.mlp_dim,
-      mlp=m.mlp, norm=m.norm, dropout_rate=m.dropout_rate,
-      attention=m.attention,
-      attention_options=tuple(sorted(dict(m.attention_options).items())),
-      position=m.position, max_length=config.data.max_length,
-      tie_embeddings=m.tie_embeddings, qk_norm=m.qk_norm,
-      shared_qk=m.shared_qk,
-      dtype=(None if config.train.compute_dtype == 'float32'
-             else DTYPES[config.train.compute_dtype]))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -182,7 +168,7 @@ class Run:
 
 def initial_state(config, tx):
   """Model graph and the fresh training state (params, optimizer, step)."""
-  model = models.DecoderLM(_model_config(config),
+  model = models.DecoderLM(model_config.transformer_config(config),
                            rngs=nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   state = {'params': params, 'rest': rest, 'opt_state': tx.init(params),

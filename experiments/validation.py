@@ -24,6 +24,7 @@ import jax
 import ml_collections
 
 import attention
+from experiments import model_config as model_config_lib
 from experiments import tasks
 from models import config as model_config
 
@@ -107,6 +108,13 @@ SCHEMA: dict[str, Field] = {
     'data.max_length': _POSITIVE,
     'model.attention': Field(str, choices=lambda: tuple(attention.names())),
     'model.attention_options': Field(dict),
+    'model.attention_mask': Field(str),
+    'model.attention_scores': Field(str),
+    'model.attention_pattern': Field(tuple),
+    'model.vocab_size': Field(int, low=256),
+    'model.head_dim': Field(int, low=0),
+    'model.post_norm': Field(bool),
+    'model.logits_soft_cap': Field(float, low=0),
     'model.model_dim': _POSITIVE,
     'model.num_layers': _POSITIVE,
     'model.num_heads': _POSITIVE,
@@ -207,6 +215,10 @@ def _cross_field_problems(config) -> list[str]:
   if m.shared_qk and m.num_kv_heads != m.num_heads:
     say('model.num_kv_heads', m.num_kv_heads,
         f'model.num_heads={m.num_heads} when model.shared_qk is True')
+  try:  # unknown mechanisms, options, masks, scores: named with the path
+    model_config_lib.attention_specs(m)
+  except ValueError as e:
+    problems.append(str(e))
   for i, pair in enumerate(d.size_schedule):
     if (not isinstance(pair, (tuple, list)) or len(pair) != 2 or
         not all(Field(int, low=0).check(x) for x in pair)):

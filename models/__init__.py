@@ -1,7 +1,7 @@
 """Flax NNX modules that take any `attention` mechanism by registry name."""
 
-from models.attention import MultiHeadAttention, RandomProjection
-from models.attention import redraw_projections
+from models.layers import (MultiHeadAttention, RandomProjection,
+                           attention_layer, redraw_projections)
 from models.block import Block, Mlp
 from models.config import TransformerConfig
 from models.generate import generate, sample
@@ -16,6 +16,7 @@ __all__ = [
     'MultiHeadAttention',
     'RandomProjection',
     'TransformerConfig',
+    'attention_layer',
     'generate',
     'redraw_projections',
     'reset_rows',

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flax import nnx
 import jax
 
-from models import attention
+from models import layers
 from models.config import TransformerConfig
 
 
@@ -41,13 +41,13 @@ class Mlp(nnx.Module):
 class Block(nnx.Module):
   """One layer: self-attention, optional cross-attention, MLP."""
 
-  def __init__(self, config: TransformerConfig, *, cross_attention=False,
-               rngs: nnx.Rngs):
+  def __init__(self, config: TransformerConfig, *, layer: int = 0,
+               cross_attention=False, rngs: nnx.Rngs):
+    """Layer `layer` of a stack: its attention is `config.layer_spec(layer)`."""
     self.config = config
-    make_attention = lambda shared_qk: attention.MultiHeadAttention(
+    make_attention = lambda shared_qk: layers.attention_layer(
         config.model_dim, config.num_heads, num_kv_heads=config.num_kv_heads,
-        head_dim=config.head_dim, attention=config.attention,
-        attention_options=dict(config.attention_options),
+        head_dim=config.head_dim, attention=config.layer_spec(layer),
         position=config.attention_position, qk_norm=config.qk_norm,
         shared_qk=shared_qk, logits_soft_cap=config.logits_soft_cap,
         dtype=config.dtype, rngs=rngs)

@@ -7,6 +7,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from attention.spec import AttentionSpec
+
 POSITIONS = ('rope', 'alibi', 'sinusoidal', 'learned', 'none')
 NORMS = ('rms', 'layer')
 MLPS = ('swiglu', 'gelu')
@@ -27,8 +29,13 @@ class TransformerConfig:
   norm: str = 'rms'  # one of NORMS
   post_norm: bool = False  # True: the original Transformer's post-norm
   dropout_rate: float = 0.0  # on the residual branches and embeddings
-  attention: str = 'blockwise'  # registry name, see attention.names()
-  attention_options: tuple[tuple[str, Any], ...] = ()  # (name, value) pairs
+  # A registry name (see attention.names()), an attention.AttentionSpec, or
+  # a tuple of them: a pattern that repeats over the layers (layer i uses
+  # entry i % len), e.g. five sliding-window layers per global one.
+  attention: Any = 'blockwise'
+  # Options of a named mechanism, (name, value) pairs; with a spec or a
+  # pattern they go into every entry (whose mechanism must accept them).
+  attention_options: tuple[tuple[str, Any], ...] = ()
   position: str = 'rope'  # one of POSITIONS
   max_length: int = 2048  # table size of learned positions
   tie_embeddings: bool = True
@@ -56,6 +63,33 @@ class TransformerConfig:
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'dropout_rate must be in [0, 1), got '
                        f'{self.dropout_rate}')
+    object.__setattr__(self, 'attention_options',
+                       tuple(sorted(dict(self.attention_options).items())))
+    object.__setattr__(self, '_specs', self._make_specs())
+
+  def _make_specs(self) -> tuple[AttentionSpec, ...]:
+    pattern = (self.attention if isinstance(self.attention, (tuple, list))
+               else (self.attention,))
+    if not pattern:
+      raise ValueError('attention must be a name, a spec or a non-empty '
+                       'tuple of them, got ()')
+    specs = []
+    for entry in pattern:
+      spec = AttentionSpec.create(entry)
+      if self.attention_options:
+        spec = AttentionSpec.create(spec, options=spec.options.replace(
+            **dict(self.attention_options)))
+      specs.append(spec)
+    return tuple(specs)
+
+  def layer_spec(self, layer: int) -> AttentionSpec:
+    """The attention spec of layer `layer` (the pattern repeats)."""
+    return self._specs[layer % len(self._specs)]
+
+  @property
+  def specs(self) -> tuple[AttentionSpec, ...]:
+    """The attention pattern, one spec per entry."""
+    return self._specs
 
   @property
   def attention_position(self):

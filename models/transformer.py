@@ -99,9 +99,9 @@ class Stack(nnx.Module):
                rngs: nnx.Rngs):
     self.config = config
     self.embed = Embedding(config, rngs)
-    self.blocks = nnx.List([Block(config, cross_attention=cross_attention,
-                                  rngs=rngs)
-                            for _ in range(config.num_layers)])
+    self.blocks = nnx.List([Block(config, layer=i,
+                                  cross_attention=cross_attention, rngs=rngs)
+                            for i in range(config.num_layers)])
     self.final_norm = None if config.post_norm else make_norm(config, rngs)
 
   def _finish(self, x):

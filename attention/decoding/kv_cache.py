@@ -23,6 +23,7 @@ arrays, so it can be carried by `jax.jit`, `lax.scan` and saved by orbax.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import chex
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
+from attention import options as options_lib
 from attention.decoding import ring_cache
 from attention import scores
 
@@ -45,17 +47,13 @@ class KVCache(NamedTuple):
 
 
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               max_length: int, dtype=jnp.float32, local_window_size=None,
-               **unused_options):
+               max_length: int, dtype=jnp.float32, local_window_size=None):
   """An empty cache for `max_length` tokens per row.
 
   With `local_window_size=(left, right)` and `left < max_length`, a ring of
   the last `left` tokens instead (`attention.decoding.ring_cache`): constant memory,
-  however long the stream. Options of the mechanism that do not shape the
-  cache (chunk sizes, say) are accepted and ignored, so a model can pass one
-  option dict to both.
+  however long the stream.
   """
-  del unused_options
   for name, value in [('batch_size', batch_size),
                       ('num_kv_heads', num_kv_heads), ('head_dim', head_dim),
                       ('max_length', max_length)]:
@@ -135,3 +133,25 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
   overflow = state.length + L > max_length
   out = jnp.where(overflow[:, None, None, None], jnp.nan, out)
   return out, KVCache(new_key, new_value, state.length + num_new)
+
+
+def decoding_pair(attend):
+  """`(init_state, step)` of an exact mechanism `attend` over this cache.
+
+  `attend` is decorated with `options.takes`: `init_state` accepts (and
+  checks) its options, which do not shape the cache, so a model passes one
+  options object to both; `step` passes them on to `attend`, which checks
+  them too.
+  """
+
+  def init_state_(batch_size: int, num_kv_heads: int, head_dim: int, *,
+                  max_length: int, dtype=jnp.float32, local_window_size=None):
+    return init_state(batch_size, num_kv_heads, head_dim,
+                      max_length=max_length, dtype=dtype,
+                      local_window_size=local_window_size)
+
+  init_state_.__name__ = init_state_.__qualname__ = 'init_state'
+  init_state_.__module__ = attend.__module__  # errors name the mechanism
+  init_state_.__doc__ = init_state.__doc__
+  step_ = functools.partial(step, attend=attend)
+  return options_lib.takes(attend.options_type)(init_state_), step_

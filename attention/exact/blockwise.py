@@ -25,6 +25,7 @@ state plus O(T + S) buffers: memory linear in the sequence length.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -35,6 +36,7 @@ from attention import arguments
 from attention.decoding import kv_cache
 from attention import masking
 from attention import masks
+from attention import options as options_lib
 from attention.exact import reference
 from attention import registry
 from attention import shapes
@@ -202,10 +204,24 @@ def _bnts_for_kernel(name, array, dims, Tp, Sp):
   return _pad_axis(_pad_axis(array, 2, Tp), 4, Sp)
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockwiseOptions(options_lib.Options):
+  """Tile sizes of `blockwise_attention` (the result does not depend on them)."""
+
+  query_chunk_size: int = 512  # C_q, query rows per tile
+  key_chunk_size: int = 256  # C_k, key columns per tile
+
+  def __post_init__(self):
+    for name in ('query_chunk_size', 'key_chunk_size'):
+      options_lib.check_positive_int('BlockwiseOptions', name,
+                                     getattr(self, name))
+
+
+@options_lib.takes(BlockwiseOptions)
 def blockwise_attention(query, key, value, bias=None, mask=None, *,
                         scale=None, is_causal=False, query_seq_lengths=None,
                         key_value_seq_lengths=None, local_window_size=None,
-                        query_chunk_size=512, key_chunk_size=256,
+                        query_chunk_size, key_chunk_size,
                         dropout_rng=None, dropout_rate=0.0,
                         broadcast_dropout=True, deterministic=True,
                         dtype=None, precision=None, module=None,
@@ -265,8 +281,6 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   O(B N (C_q C_k + (T + S) H)), linear in the sequence length.
   """
   del dropout_rng, broadcast_dropout  # Only meaningful with dropout.
-  arguments.check_positive_int('query_chunk_size', query_chunk_size)
-  arguments.check_positive_int('key_chunk_size', key_chunk_size)
   args = arguments.parse(
       'blockwise_attention', query, key, value, scale=scale,
       local_window_size=local_window_size,
@@ -304,8 +318,7 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
 
 
 # Decoding: a fixed-size KV cache of K heads (`attention.decoding.kv_cache`).
-init_state = kv_cache.init_state
-step = functools.partial(kv_cache.step, attend=blockwise_attention)
+init_state, step = kv_cache.decoding_pair(blockwise_attention)
 
 registry.register('blockwise', blockwise_attention, init_state=init_state,
-                  step=step)
+                  step=step, options=BlockwiseOptions)

@@ -8,7 +8,6 @@ long sequences.
 
 from __future__ import annotations
 
-import functools
 
 import jax.numpy as jnp
 
@@ -16,6 +15,7 @@ from attention import arguments
 from attention.decoding import kv_cache
 from attention import masking
 from attention import masks
+from attention import options as options_lib
 from attention import registry
 from attention import shapes
 
@@ -28,6 +28,7 @@ def group_heads(array, dims: shapes.Dims):
   return array.reshape(b, dims.K, dims.G, t, s)
 
 
+@options_lib.takes(options_lib.NoOptions)
 def dot_product_attention(query, key, value, bias=None, mask=None, *,
                           scale=None, is_causal=False, query_seq_lengths=None,
                           key_value_seq_lengths=None, local_window_size=None,
@@ -135,8 +136,7 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
 
 
 # Decoding: a fixed-size KV cache of K heads (`attention.decoding.kv_cache`).
-init_state = kv_cache.init_state
-step = functools.partial(kv_cache.step, attend=dot_product_attention)
+init_state, step = kv_cache.decoding_pair(dot_product_attention)
 
 registry.register('dot_product', dot_product_attention, init_state=init_state,
-                  step=step)
+                  step=step, options=options_lib.NoOptions)

@@ -33,12 +33,14 @@ chunk (through bucket and chunk boundaries only).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
 from attention import arguments
+from attention import options as options_lib
 from attention.exact import blockwise
 from attention.decoding import kv_cache
 from attention.hashing import rounds
@@ -46,6 +48,29 @@ from attention import registry
 
 SELF_LOGIT = rounds.SELF_LOGIT
 _REFUSED_WHY = 'a query sees only its hash chunks'
+
+
+@dataclasses.dataclass(frozen=True)
+class LSHOptions(options_lib.Options):
+  """Options of `lsh_attention` (the hashing key is an argument)."""
+
+  num_hashes: int = 4  # P, hash rounds
+  num_buckets: int | None = None  # U (even); None: about T / bucket_size
+  bucket_size: int = 64  # average bucket size when num_buckets is None
+  chunk_size: int = 64  # C; T is padded to a multiple of it inside
+  shared_qk: bool = True  # hash normalised keys, queries take their bucket
+
+  def __post_init__(self):
+    where = 'LSHOptions'
+    for name in ('num_hashes', 'bucket_size', 'chunk_size'):
+      options_lib.check_positive_int(where, name, getattr(self, name))
+    if self.num_buckets is not None and (
+        isinstance(self.num_buckets, bool) or
+        not isinstance(self.num_buckets, int) or self.num_buckets < 2 or
+        self.num_buckets % 2):
+      raise ValueError(f'{where}: num_buckets must be an even int >= 2 or '
+                       f'None, got {self.num_buckets!r}')
+    options_lib.check_bool(where, 'shared_qk', self.shared_qk)
 
 
 def draw_rotations(rng, head_dim: int, num_hashes: int, num_buckets: int):
@@ -58,14 +83,15 @@ def draw_rotations(rng, head_dim: int, num_hashes: int, num_buckets: int):
                            jnp.float32)
 
 
+@options_lib.takes(LSHOptions)
 def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
                   is_causal=False, query_seq_lengths=None,
                   key_value_seq_lengths=None, local_window_size=None,
-                  rng=None, rotations=None, num_hashes=4, num_buckets=None,
-                  bucket_size=64, chunk_size=64, shared_qk=True,
+                  rng=None, rotations=None, num_hashes, num_buckets,
+                  bucket_size, chunk_size, shared_qk,
                   dropout_rng=None, dropout_rate=0.0, broadcast_dropout=True,
                   deterministic=True, dtype=None, precision=None, module=None,
-                  alibi_slopes=None, logits_soft_cap=None):
+                  alibi_slopes=None, logits_soft_cap=None, score=None):
   """Reformer LSH attention (Kitaev et al. 2020, arXiv 2001.04451).
 
   Args:
@@ -109,8 +135,8 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
   del dropout_rng, broadcast_dropout, precision
   arguments.refuse('lsh_attention', _REFUSED_WHY,
                    bias=bias, mask=mask, local_window_size=local_window_size,
-                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
-  arguments.check_positive_int('chunk_size', chunk_size)
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap,
+                   score=score)
   args = arguments.parse_self(
       'lsh_attention', query, key, value, scale=scale,
       query_seq_lengths=query_seq_lengths,
@@ -180,29 +206,31 @@ def _normalised(key):
   return k.astype(key.dtype)
 
 
+@options_lib.takes(LSHOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               max_length: int, dtype=jnp.float32, **unused_options):
+               max_length: int, dtype=jnp.float32):
   """A KV cache (`attention.decoding.kv_cache`): decoding falls back to exact
   attention over it, O(max_length) memory per row."""
-  del unused_options
   return kv_cache.init_state(batch_size, num_kv_heads, head_dim,
                              max_length=max_length, dtype=dtype)
 
 
-def step(state, query, key, value, *, num_new=None, scale=None,
-         shared_qk=True, local_window_size=None, alibi_slopes=None,
-         logits_soft_cap=None, **unused_options):
+@options_lib.takes(LSHOptions)
+def step(state, query, key, value, *, num_new=None, scale=None, shared_qk,
+         rng=None, rotations=None, local_window_size=None, alibi_slopes=None,
+         logits_soft_cap=None, score=None):
   """Causal decoding step: exact attention over the cache (blockwise: a
   step at position p costs O(p)).
 
   With `shared_qk`, keys are normalised before they are cached and each
-  query's own key gets `SELF_LOGIT`, as in `lsh_attention`; hashing options
-  are ignored.
+  query's own key gets `SELF_LOGIT`, as in `lsh_attention`; hashing
+  options, `rng` and `rotations` are ignored.
   """
-  del unused_options
+  del rng, rotations
   arguments.refuse('lsh_attention', _REFUSED_WHY,
                    local_window_size=local_window_size,
-                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap,
+                   score=score)
   if not shared_qk:
     return kv_cache.step(state, query, key, value,
                          attend=blockwise.blockwise_attention,
@@ -212,9 +240,8 @@ def step(state, query, key, value, *, num_new=None, scale=None,
                        num_new=num_new, self_logit=SELF_LOGIT, scale=scale)
 
 
-def _draw_key(rng, head_dim, **unused_options):
+def draw_key(rng):
   """A new hashing key (raw uint32 `[2]`, so it checkpoints as an array)."""
-  del head_dim, unused_options
   rng = jax.random.fold_in(rng, 0)
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.key_data(rng)
@@ -222,5 +249,5 @@ def _draw_key(rng, head_dim, **unused_options):
 
 
 registry.register('lsh', lsh_attention, init_state=init_state, step=step,
-                  exact=False, refuses=arguments.LOGIT_OPTIONS,
-                  draw_projection=_draw_key, projection_option='rng')
+                  options=LSHOptions, exact=False,
+                  refuses=arguments.LOGIT_OPTIONS)

@@ -21,12 +21,14 @@ Feature maps by name: 'elu_plus_one' (the paper's elu(x) + 1), 'relu',
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from attention import arguments
+from attention import options as options_lib
 from attention.kernelized import chunked
 from attention import registry
 
@@ -50,10 +52,24 @@ def feature_function(feature_map) -> Callable:
   return FEATURE_MAPS[feature_map]
 
 
-def _check(chunk_size, eps):
-  arguments.check_positive_int('chunk_size', chunk_size)
-  if not isinstance(eps, (int, float)) or eps < 0:
-    raise ValueError(f'eps must be a non-negative number, got {eps!r}')
+@dataclasses.dataclass(frozen=True)
+class LinearOptions(options_lib.Options):
+  """Options of `linear_attention`."""
+
+  feature_map: str | Callable = 'elu_plus_one'  # a FEATURE_MAPS name or fn
+  eps: float = 1e-6  # added to the denominator
+  chunk_size: int = 64  # C, causal chunk length (>= T: the parallel form)
+
+  def __post_init__(self):
+    if not callable(self.feature_map):
+      options_lib.check_choice('LinearOptions', 'feature_map',
+                               self.feature_map, sorted(FEATURE_MAPS))
+    options_lib.check_positive_int('LinearOptions', 'chunk_size',
+                                   self.chunk_size)
+    if (isinstance(self.eps, bool) or not isinstance(self.eps, (int, float))
+        or self.eps < 0):
+      raise ValueError(f'LinearOptions: eps must be a non-negative number, '
+                       f'got {self.eps!r}')
 
 
 def _features(feature_map, scale):
@@ -63,14 +79,15 @@ def _features(feature_map, scale):
                        phi(k.astype(jnp.float32)), None)
 
 
+@options_lib.takes(LinearOptions)
 def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
                      is_causal=False, query_seq_lengths=None,
                      key_value_seq_lengths=None, local_window_size=None,
-                     feature_map='elu_plus_one', eps=1e-6, chunk_size=64,
+                     feature_map, eps, chunk_size,
                      dropout_rng=None, dropout_rate=0.0,
                      broadcast_dropout=True, deterministic=True, dtype=None,
                      precision=None, module=None, alibi_slopes=None,
-                     logits_soft_cap=None):
+                     logits_soft_cap=None, score=None):
   """Linear attention (Katharopoulos et al. 2020, arXiv 2006.16236).
 
   Args:
@@ -104,8 +121,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
   del dropout_rng, broadcast_dropout, precision
   arguments.refuse('linear_attention', _UNSUPPORTED, bias=bias, mask=mask,
                    local_window_size=local_window_size,
-                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
-  _check(chunk_size, eps)
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap,
+                   score=score)
   args = arguments.parse(
       'linear_attention', query, key, value, scale=1.0 if scale is None
       else scale, local_window_size=None, query_seq_lengths=query_seq_lengths,
@@ -115,14 +132,15 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
                            is_causal=is_causal, chunk_size=chunk_size, eps=eps)
 
 
+@options_lib.takes(LinearOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               feature_map='elu_plus_one', **unused_options):
+               feature_map, max_length=None, dtype=None):
   """Empty decoding state: `[B, K, F, H]` prefix sums, whatever the length.
 
-  Options that do not shape the state (max_length, dtype, chunk_size...)
-  are accepted and ignored.
+  `max_length` and `dtype` (the decoding contract's) do not shape it: the
+  sums are float32 and hold any number of tokens.
   """
-  del unused_options
+  del max_length, dtype
   for name, value in [('batch_size', batch_size),
                       ('num_kv_heads', num_kv_heads), ('head_dim', head_dim)]:
     arguments.check_positive_int(name, value)
@@ -132,10 +150,10 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
                                weighted=False)
 
 
+@options_lib.takes(LinearOptions)
 def step(state: chunked.State, query, key, value, *, num_new=None,
-         scale=None, feature_map='elu_plus_one', eps=1e-6, chunk_size=64,
-         local_window_size=None, alibi_slopes=None, logits_soft_cap=None,
-         **unused_options):
+         scale=None, feature_map, eps, chunk_size, local_window_size=None,
+         alibi_slopes=None, logits_soft_cap=None, score=None):
   """Causal linear attention of L new tokens on top of `state`.
 
   Args:
@@ -148,11 +166,10 @@ def step(state: chunked.State, query, key, value, *, num_new=None,
     `(out [B, L, N, H], new_state)`. Cost O(B N L (C + F) H), memory
     independent of how many tokens came before.
   """
-  del unused_options
   arguments.refuse('linear_attention', _UNSUPPORTED,
                    local_window_size=local_window_size,
-                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
-  _check(chunk_size, eps)
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap,
+                   score=score)
   args = arguments.parse_step('linear_attention', query, key, value,
                               scale=1.0 if scale is None else scale)
   chunked.check_step(state, args)
@@ -161,4 +178,5 @@ def step(state: chunked.State, query, key, value, *, num_new=None,
 
 
 registry.register('linear', linear_attention, init_state=init_state,
-                  step=step, exact=False, refuses=arguments.LOGIT_OPTIONS)
+                  step=step, options=LinearOptions, exact=False,
+                  refuses=arguments.LOGIT_OPTIONS)

@@ -27,6 +27,7 @@ Here the projection comes from an explicit array or PRNG key only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
+from attention import options as options_lib
 from attention.kernelized import chunked
 from attention import registry
 
@@ -44,8 +46,25 @@ _UNSUPPORTED = ('random features have no attention matrix to bias, mask or '
                 'window; use is_causal and key_value_seq_lengths')
 
 
+@dataclasses.dataclass(frozen=True)
+class PerformerOptions(options_lib.Options):
+  """Options of `performer_attention` (the projection is an argument)."""
+
+  kernel: str = 'softmax'  # one of KERNELS
+  num_features: int = 256  # F, random features (rows of the projection)
+  orthogonal: bool = True  # orthogonal blocks when drawing, else iid rows
+  chunk_size: int = 64  # C, causal chunk length
+
+  def __post_init__(self):
+    where = 'PerformerOptions'
+    options_lib.check_choice(where, 'kernel', self.kernel, KERNELS)
+    options_lib.check_positive_int(where, 'num_features', self.num_features)
+    options_lib.check_bool(where, 'orthogonal', self.orthogonal)
+    options_lib.check_positive_int(where, 'chunk_size', self.chunk_size)
+
+
 def draw_projection(rng, num_features: int, head_dim: int, *,
-                    orthogonal: bool = True):
+                    orthogonal: bool = PerformerOptions.orthogonal):
   """Random projection `[F, H]` float32 for FAVOR+ features.
 
   Args:
@@ -112,12 +131,6 @@ def features(kernel: str, projection_FH, x, scale: float, *, is_query: bool):
   return phi, None if is_query else top - 0.5 * jnp.sum(x * x, axis=-1)
 
 
-def _check(kernel, chunk_size):
-  if kernel not in KERNELS:
-    raise ValueError(f'kernel must be one of {KERNELS}, got {kernel!r}')
-  arguments.check_positive_int('chunk_size', chunk_size)
-
-
 def _features(args, kernel, projection, num_features, orthogonal):
   """`(q, k) -> (phi_q, phi_k, w)` for `attention.kernelized.chunked`."""
   projection_FH = projection_for(projection, num_features, args.dims.H,
@@ -131,14 +144,15 @@ def _features(args, kernel, projection, num_features, orthogonal):
   return query_key_features
 
 
+@options_lib.takes(PerformerOptions)
 def performer_attention(query, key, value, bias=None, mask=None, *,
                         scale=None, is_causal=False, query_seq_lengths=None,
                         key_value_seq_lengths=None, local_window_size=None,
-                        kernel='softmax', num_features=256, projection=None,
-                        orthogonal=True, chunk_size=64, dropout_rng=None,
+                        kernel, num_features, projection=None,
+                        orthogonal, chunk_size, dropout_rng=None,
                         dropout_rate=0.0, broadcast_dropout=True,
                         deterministic=True, dtype=None, precision=None,
-                        module=None, alibi_slopes=None, logits_soft_cap=None):
+                        module=None, alibi_slopes=None, logits_soft_cap=None, score=None):
   """FAVOR+ attention (Choromanski et al. 2021, arXiv 2009.14794).
 
   Args:
@@ -172,8 +186,8 @@ def performer_attention(query, key, value, bias=None, mask=None, *,
   del dropout_rng, broadcast_dropout, precision
   arguments.refuse('performer_attention', _UNSUPPORTED, bias=bias, mask=mask,
                    local_window_size=local_window_size,
-                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
-  _check(kernel, chunk_size)
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap,
+                   score=score)
   args = arguments.parse(
       'performer_attention', query, key, value, scale=scale,
       local_window_size=None, query_seq_lengths=query_seq_lengths,
@@ -184,28 +198,29 @@ def performer_attention(query, key, value, bias=None, mask=None, *,
       is_causal=is_causal, chunk_size=chunk_size, eps=0.0)
 
 
+@options_lib.takes(PerformerOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               kernel='softmax', num_features=256, **unused_options):
+               kernel, num_features, max_length=None, dtype=None):
   """Empty decoding state: `[B, K, F', H]` prefix sums, whatever the length.
 
-  Options that do not shape the state (max_length, dtype, projection...)
-  are accepted and ignored.
+  `max_length` and `dtype` (the decoding contract's) do not shape it: the
+  sums are float32 and hold any number of tokens.
   """
-  del unused_options
-  _check(kernel, 1)
+  del max_length, dtype
   for name, value in [('batch_size', batch_size), ('num_kv_heads',
                                                    num_kv_heads),
-                      ('head_dim', head_dim), ('num_features', num_features)]:
+                      ('head_dim', head_dim)]:
     arguments.check_positive_int(name, value)
   F = 2 * num_features if kernel == 'trig' else num_features
   return chunked.init_state(batch_size, num_kv_heads, F, head_dim,
                                weighted=kernel != 'relu')
 
 
+@options_lib.takes(PerformerOptions)
 def step(state: chunked.State, query, key, value, *, num_new=None,
-         scale=None, kernel='softmax', num_features=256, projection=None,
-         orthogonal=True, chunk_size=64, local_window_size=None,
-         alibi_slopes=None, logits_soft_cap=None, **unused_options):
+         scale=None, kernel, num_features, projection=None, orthogonal,
+         chunk_size, local_window_size=None, alibi_slopes=None,
+         logits_soft_cap=None, score=None):
   """Causal FAVOR+ attention of L new tokens on top of `state`.
 
   Args:
@@ -218,11 +233,10 @@ def step(state: chunked.State, query, key, value, *, num_new=None,
   Returns:
     `(out [B, L, N, H], new_state)`; memory independent of the prefix.
   """
-  del unused_options
   arguments.refuse('performer_attention', _UNSUPPORTED,
                    local_window_size=local_window_size,
-                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
-  _check(kernel, chunk_size)
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap,
+                   score=score)
   args = arguments.parse_step('performer_attention', query, key, value,
                               scale=scale)
   chunked.check_step(state, args, num_features * (
@@ -232,12 +246,6 @@ def step(state: chunked.State, query, key, value, *, num_new=None,
       args, num_new=num_new, chunk_size=chunk_size, eps=0.0)
 
 
-def _draw_for_options(rng, head_dim, *, num_features=256, orthogonal=True,
-                      **unused_options):
-  del unused_options
-  return draw_projection(rng, num_features, head_dim, orthogonal=orthogonal)
-
-
 registry.register('performer', performer_attention, init_state=init_state,
-                  step=step, exact=False, refuses=arguments.LOGIT_OPTIONS,
-                  draw_projection=_draw_for_options)
+                  step=step, options=PerformerOptions, exact=False,
+                  refuses=arguments.LOGIT_OPTIONS)

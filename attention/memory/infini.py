@@ -31,12 +31,14 @@ the unfinished segment, and writes them when it fills.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from attention import arguments
+from attention import options as options_lib
 from attention.exact import blockwise
 from attention.kernelized import chunked
 from attention.kernelized import linear
@@ -44,6 +46,21 @@ from attention import positional
 
 RULES = ('delta', 'linear')
 _REFUSED_WHY = 'segments attend causally to themselves and the memory'
+
+
+@dataclasses.dataclass(frozen=True)
+class InfiniOptions(options_lib.Options):
+  """Options of `infini_attention` (the per-head gates are an argument)."""
+
+  segment_size: int = 2048  # L, tokens per segment
+  update: str = 'delta'  # memory rule, one of RULES
+  chunk_size: int = 512  # tile size of the local attention in a segment
+
+  def __post_init__(self):
+    where = 'InfiniOptions'
+    options_lib.check_positive_int(where, 'segment_size', self.segment_size)
+    options_lib.check_choice(where, 'update', self.update, RULES)
+    options_lib.check_positive_int(where, 'chunk_size', self.chunk_size)
 
 
 class Memory(NamedTuple):
@@ -85,8 +102,9 @@ def write(memory: Memory, key_BLKH, value_BLKH, valid_BL, rule: str):
 
 
 def segment_step(query, key, value, memory: Memory, gate_logits, *,
-                 update: str = 'delta', scale=None, rope_base=None,
-                 num_valid=None, chunk_size: int = 512):
+                 update: str = InfiniOptions.update, scale=None,
+                 rope_base=None, num_valid=None,
+                 chunk_size: int = InfiniOptions.chunk_size):
   """One segment: `(query, key, value, memory, gate_logits) -> (out, memory)`.
 
   Args:
@@ -151,9 +169,11 @@ def check_options(update, segment_size, gate_logits, N):
 
 
 def scan_segments(query, key, value, memory: Memory | None = None,
-                  gate_logits=None, *, segment_size: int = 2048,
-                  update: str = 'delta', scale=None, rope_base=None,
-                  key_value_seq_lengths=None, chunk_size: int = 512):
+                  gate_logits=None, *,
+                  segment_size: int = InfiniOptions.segment_size,
+                  update: str = InfiniOptions.update, scale=None,
+                  rope_base=None, key_value_seq_lengths=None,
+                  chunk_size: int = InfiniOptions.chunk_size):
   """A whole sequence, segment by segment: `(out [B, T, N, H], Memory)`.
 
   Args:
@@ -205,14 +225,15 @@ def scan_segments(query, key, value, memory: Memory | None = None,
   return out[:, :T], memory
 
 
+@options_lib.takes(InfiniOptions)
 def infini_attention(query, key, value, bias=None, mask=None, *, scale=None,
                      is_causal=True, query_seq_lengths=None,
                      key_value_seq_lengths=None, local_window_size=None,
-                     gate_logits=None, segment_size=2048, update='delta',
-                     rope_base=None, chunk_size=512, dropout_rng=None,
+                     gate_logits=None, segment_size, update,
+                     rope_base=None, chunk_size, dropout_rng=None,
                      dropout_rate=0.0, broadcast_dropout=True,
                      deterministic=True, dtype=None, precision=None,
-                     module=None, alibi_slopes=None, logits_soft_cap=None):
+                     module=None, alibi_slopes=None, logits_soft_cap=None, score=None):
   """Infini-attention (Munkhdalai et al. 2024, arXiv 2404.07143) over a
   whole sequence from an empty memory; see `scan_segments` for the memory.
 
@@ -235,7 +256,8 @@ def infini_attention(query, key, value, bias=None, mask=None, *, scale=None,
   del dropout_rng, broadcast_dropout, precision
   arguments.refuse('infini_attention', _REFUSED_WHY, bias=bias, mask=mask,
                    local_window_size=local_window_size,
-                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap,
+                   score=score)
   if not is_causal:
     raise ValueError('infini_attention is causal: is_causal must be True')
   args = arguments.parse_self(

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
+from attention import options as options_lib
 from attention.memory import infini
 from attention.decoding import kv_cache
 from attention import positional
@@ -41,14 +42,18 @@ class State(NamedTuple):
   fill: jax.Array  # int32 [B]: tokens in the unfinished segment
 
 
+@options_lib.takes(infini.InfiniOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               segment_size: int = 2048, dtype=jnp.float32,
-               **unused_options) -> State:
-  """An empty state; options that do not shape it are ignored."""
-  del unused_options
+               segment_size: int, max_length=None,
+               dtype=jnp.float32) -> State:
+  """An empty state: the memory and one segment's keys and values.
+
+  `max_length` (the decoding contract's) does not shape it: the memory
+  holds any number of tokens.
+  """
+  del max_length
   for name, value in [('batch_size', batch_size),
-                      ('num_kv_heads', num_kv_heads), ('head_dim', head_dim),
-                      ('segment_size', segment_size)]:
+                      ('num_kv_heads', num_kv_heads), ('head_dim', head_dim)]:
     arguments.check_positive_int(name, value)
   shape = (batch_size, segment_size, num_kv_heads, head_dim)
   return State(infini.init_memory(batch_size, num_kv_heads, head_dim),
@@ -93,10 +98,10 @@ def _token(state: State, query, key, value, real_B, *, gate, update, scale,
                     jnp.where(full_B, 0, fill))
 
 
+@options_lib.takes(infini.InfiniOptions)
 def step(state: State, query, key, value, *, num_new=None, gate_logits=None,
-         update: str = 'delta', scale=None, rope_base=None,
-         segment_size: int | None = None, chunk_size: int = 512,
-         **unused_options):
+         update: str, scale=None, rope_base=None, segment_size: int,
+         chunk_size: int):
   """Causal Infini-attention of L new tokens on top of `state`.
 
   Args:
@@ -105,7 +110,7 @@ def step(state: State, query, key, value, *, num_new=None, gate_logits=None,
     num_new: optional int `[B]`: real tokens among the L of each row; the
       others leave the state as it was.
     gate_logits, update, scale, rope_base: as in `infini_attention`.
-    segment_size: if given, must match the state's.
+    segment_size: that of `init_state` (the same options go to both).
     chunk_size: tile size of the parallel form's local attention.
 
   Returns:
@@ -115,11 +120,11 @@ def step(state: State, query, key, value, *, num_new=None, gate_logits=None,
     input. Otherwise tokens go one at a time (a `lax.scan`), as in
     generation.
   """
-  del unused_options
   N, segment = query.shape[2], state.key.shape[1]
-  if segment_size is not None and segment_size != segment:
+  if segment_size != segment:
     raise ValueError(f'segment_size={segment_size} differs from the '
-                     f'state\'s segment of {segment} tokens')
+                     f'state\'s segment of {segment} tokens: pass the same '
+                     'options to init_state and step')
   gate = infini.check_options(update, segment, gate_logits, N)
   args = arguments.parse_step('infini_attention', query, key, value,
                               scale=scale)
@@ -137,11 +142,6 @@ def step(state: State, query, key, value, *, num_new=None, gate_logits=None,
                             segment_size=segment, token=token, whole=whole)
 
 
-# Models start with g = sigmoid(-3) = 0.05, the memory nearly shut: with
-# g = 1/2 from the start (reading an empty, then untrained, memory), a
-# 2-layer model did not learn to copy a passkey inside one segment in 600
-# steps; from -3 it did in 300 to 500, as full attention does
-# (experiments/configs/passkey.py).
 registry.register('infini', infini.infini_attention, init_state=init_state,
-                  step=step, exact=False, refuses=arguments.LOGIT_OPTIONS,
-                  rope_inside=True, learned_options=(('gate_logits', -3.0),))
+                  step=step, options=infini.InfiniOptions, exact=False,
+                  refuses=arguments.LOGIT_OPTIONS)

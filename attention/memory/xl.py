@@ -24,6 +24,7 @@ the same outputs token by token.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention import arguments
+from attention import options as options_lib
 from attention.exact import blockwise
 from attention.decoding import kv_cache
 from attention import positional
@@ -42,12 +44,22 @@ from attention.decoding import segment_steps
 _REFUSED_WHY = 'segments attend causally to themselves and their cache'
 
 
-def _check(segment_size, memory_length):
-  arguments.check_positive_int('segment_size', segment_size)
-  if (not isinstance(memory_length, int) or isinstance(memory_length, bool)
-      or memory_length < 0):
-    raise ValueError(f'memory_length must be an int >= 0, got '
-                     f'{memory_length!r}')
+@dataclasses.dataclass(frozen=True)
+class XLOptions(options_lib.Options):
+  """Options of `xl_attention`."""
+
+  segment_size: int = 512  # L, tokens per segment
+  memory_length: int = 512  # M >= 0, cached past tokens per layer
+  stop_gradient: bool = True  # no gradient into the memory (the paper's)
+  chunk_size: int = 512  # tile size of a segment's blockwise attention
+
+  def __post_init__(self):
+    where = 'XLOptions'
+    options_lib.check_positive_int(where, 'segment_size', self.segment_size)
+    options_lib.check_positive_int(where, 'memory_length', self.memory_length,
+                                   allow_zero=True)
+    options_lib.check_bool(where, 'stop_gradient', self.stop_gradient)
+    options_lib.check_positive_int(where, 'chunk_size', self.chunk_size)
 
 
 def _segment(query, window_k, window_v, key_ok, *, M, scale, rope_base,
@@ -99,14 +111,15 @@ def _scan(query, key, value, cache_k, cache_v, cached, lengths, *, L,
   return out[:, :T], cache_k, cache_v
 
 
+@options_lib.takes(XLOptions)
 def xl_attention(query, key, value, bias=None, mask=None, *, scale=None,
                  is_causal=True, query_seq_lengths=None,
                  key_value_seq_lengths=None, local_window_size=None,
-                 segment_size=512, memory_length=512, rope_base=None,
-                 stop_gradient=True, chunk_size=512, dropout_rng=None,
+                 segment_size, memory_length, rope_base=None,
+                 stop_gradient, chunk_size, dropout_rng=None,
                  dropout_rate=0.0, broadcast_dropout=True,
                  deterministic=True, dtype=None, precision=None,
-                 module=None, alibi_slopes=None, logits_soft_cap=None):
+                 module=None, alibi_slopes=None, logits_soft_cap=None, score=None):
   """Transformer-XL attention (Dai et al. 2019, arXiv 1901.02860) over a
   whole sequence, segment by segment, from an empty cache.
 
@@ -132,10 +145,10 @@ def xl_attention(query, key, value, bias=None, mask=None, *, scale=None,
   del dropout_rng, broadcast_dropout, precision
   arguments.refuse('xl_attention', _REFUSED_WHY, bias=bias, mask=mask,
                    local_window_size=local_window_size,
-                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+                   alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap,
+                   score=score)
   if not is_causal:
     raise ValueError('xl_attention is causal: is_causal must be True')
-  _check(segment_size, memory_length)
   args = arguments.parse_self(
       'xl_attention', query, key, value, scale=scale,
       query_seq_lengths=query_seq_lengths,
@@ -166,12 +179,15 @@ class State(NamedTuple):
   fill: jax.Array  # int32 [B]: tokens of the unfinished segment
 
 
+@options_lib.takes(XLOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               segment_size: int = 512, memory_length: int = 512,
-               dtype=jnp.float32, **unused_options) -> State:
-  """An empty state; options that do not shape it are ignored."""
-  del unused_options
-  _check(segment_size, memory_length)
+               segment_size: int, memory_length: int, max_length=None,
+               dtype=jnp.float32) -> State:
+  """An empty state of `memory_length + segment_size` slots.
+
+  `max_length` (the decoding contract's) does not shape it.
+  """
+  del max_length
   for name, value in [('batch_size', batch_size),
                       ('num_kv_heads', num_kv_heads), ('head_dim', head_dim)]:
     arguments.check_positive_int(name, value)
@@ -221,9 +237,10 @@ def _whole_segments(state: State, query, key, value, *, M, scale, rope_base,
                     jnp.minimum(state.cached + T, M), state.fill)
 
 
+@options_lib.takes(XLOptions)
 def step(state: State, query, key, value, *, num_new=None, scale=None,
-         rope_base=None, segment_size=512, memory_length=512,
-         stop_gradient=True, chunk_size=512, **unused_options):
+         rope_base=None, segment_size, memory_length, stop_gradient,
+         chunk_size):
   """Causal Transformer-XL attention of L new tokens on top of `state`.
 
   Args:
@@ -241,7 +258,6 @@ def step(state: State, query, key, value, *, num_new=None, scale=None,
     that is how a model streams a long input. Otherwise tokens go one at a
     time (a `lax.scan`), as in generation.
   """
-  del unused_options
   W, M = state.key.shape[1], memory_length
   if M + segment_size != W:
     raise ValueError(f'segment_size={segment_size} and memory_length={M} '
@@ -258,5 +274,5 @@ def step(state: State, query, key, value, *, num_new=None, scale=None,
 
 
 registry.register('xl', xl_attention, init_state=init_state, step=step,
-                  exact=False, refuses=arguments.LOGIT_OPTIONS,
-                  rope_inside=True)
+                  options=XLOptions, exact=False,
+                  refuses=arguments.LOGIT_OPTIONS)

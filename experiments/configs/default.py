@@ -31,11 +31,22 @@ def get_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.attention = 'blockwise'  # a name from attention.names()
-  config.model.attention_options = {}  # that mechanism's options
+  config.model.attention_options = {}  # that mechanism's typed options
+  # A mask expression ANDed with causality, e.g. 'sliding_window(256)' or
+  # 'chunked(64) | global_tokens((0,))' (see attention/spec.py); '': none.
+  config.model.attention_mask = ''
+  # Score modifiers, e.g. 'soft_cap(30.0)'; '': none.
+  config.model.attention_scores = ''
+  # Layers repeating a pattern: each entry overrides some of the four fields
+  # above, e.g. [{'attention_mask': 'sliding_window(128)'}] * 5 + [{}];
+  # (): every layer as above.
+  config.model.attention_pattern = ()
+  config.model.vocab_size = 256  # bytes (at least 256)
   config.model.model_dim = 128  # D
   config.model.num_layers = 4
   config.model.num_heads = 4  # N
   config.model.num_kv_heads = 2  # K (GQA)
+  config.model.head_dim = 0  # H; 0: model_dim // num_heads
   config.model.mlp_dim = 384  # SwiGLU hidden width
   config.model.mlp = 'swiglu'  # 'swiglu' or 'gelu'
   config.model.norm = 'rms'  # 'rms' or 'layer'
@@ -44,6 +55,8 @@ def get_config():
   config.model.tie_embeddings = True
   config.model.qk_norm = True  # RMSNorm on queries and keys
   config.model.shared_qk = False  # queries = keys' projection (Reformer); K = N
+  config.model.post_norm = False  # True: the original Transformer's post-norm
+  config.model.logits_soft_cap = 0.0  # cap * tanh(logit / cap); 0: none
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # sequences per step (global, over devices)

@@ -25,7 +25,8 @@ CONFORMANCE = {
 }
 REFUSED_VALUES = dict(bias=jnp.zeros((1, 1, 37, 37)),
                       mask=jnp.ones((37, 37), bool), local_window_size=3,
-                      alibi_slopes=jnp.ones(4), logits_soft_cap=5.0)
+                      alibi_slopes=jnp.ones(4), logits_soft_cap=5.0,
+                      score=attention.scores.soft_cap(5.0))
 
 
 def test_every_mechanism_is_tested():
@@ -50,7 +51,8 @@ def test_call_merges_registered_defaults_with_options():
 
 def test_registering_another_function_under_a_taken_name_raises():
   with pytest.raises(ValueError, match='already registered'):
-    attention.register('blockwise', lambda q, k, v: q)
+    attention.register('blockwise', lambda q, k, v: q,
+                       options=attention.options.NoOptions)
 
 
 EXACT = sorted(n for n in CONFORMANCE if attention.get(n).exact)

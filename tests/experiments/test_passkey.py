@@ -5,6 +5,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import pytest
 
+from experiments import model_config
 from experiments import passkey_eval as passkey
 from experiments import tasks
 from experiments import train
@@ -30,7 +31,10 @@ def test_variants_and_lengths():
   assert xl.attention == 'xl' and xl.attention_options['memory_length'] == 32
   window = passkey.variant_config(config, 'window').model
   assert window.attention == 'blockwise'
-  assert tuple(window.attention_options['local_window_size']) == (32, 0)
+  assert window.attention_mask == 'sliding_window(32)'
+  spec = model_config.transformer_config(
+      passkey.variant_config(config, 'window')).layer_spec(0)
+  assert spec.window == (32, 0)  # decodes on a ring of 32 tokens
   assert config.model.attention == 'infini'  # not mutated
   with pytest.raises(ValueError, match='variant must be one of'):
     passkey.variant_config(config, 'lsh')

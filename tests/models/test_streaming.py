@@ -80,8 +80,9 @@ def test_memory_is_content_only_and_the_gate_is_learned():
   layer = model.stack.blocks[0].attention
   assert layer.learned[...].shape == (1, 4)
   assert isinstance(layer.learned, nnx.Param)
-  options = layer._options()
-  assert options['rope_base'] == layer.rope_base
+  arguments = layer._kernel_arguments()
+  assert arguments['rope_base'] == layer.rope_base
+  np.testing.assert_array_equal(arguments['gate_logits'], layer.learned[0])
   x = jax.random.normal(jax.random.key(0), (2, 24, 32))
   query, key, value = layer._project(x, x, jnp.arange(24), jnp.arange(24))
   # Projected queries and keys carry no rotation: the plain projection.

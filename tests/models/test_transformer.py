@@ -18,6 +18,10 @@ BASE = models.TransformerConfig(
 
 
 def config(**changes):
+  """BASE with changes; another mechanism starts from its own defaults
+  (BASE's options are blockwise's)."""
+  if changes.get('attention', 'blockwise') != 'blockwise':
+    changes.setdefault('attention_options', ())
   return dataclasses.replace(BASE, **changes)
 
 

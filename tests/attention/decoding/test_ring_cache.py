@@ -27,7 +27,8 @@ def test_ring_decoding_equals_the_windowed_causal_call(name):
                  alibi_slopes=jnp.linspace(0.2, 1.0, N))
   q, k, v = inputs()
   full = mechanism(q, k, v, is_causal=True, **options)
-  state = mechanism.init_state(B, K, H, max_length=1 << 20, **options)
+  state = mechanism.init_state(B, K, H, max_length=1 << 20,
+                               local_window_size=(LEFT, 0))
   assert isinstance(state, ring_cache.RingCache)
   assert state.key.shape == (B, LEFT, K, H)  # not the max_length
   step = jax.jit(functools.partial(mechanism.step, **options))

@@ -138,7 +138,7 @@ def test_parallel_equals_chunked_equals_recurrent(kernel):
   chunked = attention.performer_attention(q, k, v, is_causal=True,
                                           chunk_size=5, **options)
   np.testing.assert_allclose(chunked, parallel, atol=2e-5, rtol=2e-5)
-  state = performer.init_state(2, 2, H, **options)
+  state = performer.init_state(2, 2, H, kernel=kernel, num_features=32)
   step = jax.jit(functools.partial(performer.step, **options))
   outs = []
   for t in range(24):

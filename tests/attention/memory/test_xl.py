@@ -84,7 +84,7 @@ def test_decoding_equals_one_call_and_state_size_is_fixed():
   q, k, v = inputs()
   options = dict(segment_size=8, memory_length=5, rope_base=100.0)
   whole = xl.xl_attention(q, k, v, **options)
-  state = xl.init_state(B, K, H, **options)
+  state = xl.init_state(B, K, H, segment_size=8, memory_length=5)
   step = jax.jit(functools.partial(xl.step, **options))
   # Whole segments from a segment's start (the parallel path), runs of
   # tokens across boundaries (one at a time), rows of different lengths.
@@ -140,7 +140,8 @@ def test_lengths_bfloat16_and_errors():
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(half.astype(jnp.float32), fn(q, k, v),
                              atol=5e-2, rtol=5e-2)
-  with pytest.raises(ValueError, match='memory_length must be an int >= 0'):
+  with pytest.raises(ValueError,
+                     match='memory_length must be a non-negative int'):
     fn(q, k, v, memory_length=-1)
   with pytest.raises(ValueError, match='segment_size must be a positive'):
     fn(q, k, v, segment_size=0)
@@ -151,4 +152,3 @@ def test_lengths_bfloat16_and_errors():
   state = xl.init_state(B, K, H, segment_size=8, memory_length=5)
   with pytest.raises(ValueError, match='do not match the state'):
     xl.step(state, q[:, :1], k[:, :1], v[:, :1], segment_size=8)
-  assert attention.get('xl').rope_inside

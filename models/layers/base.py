@@ -5,22 +5,17 @@ keys and values (MHA when K = N, GQA, MQA when K = 1), optional QK-norm
 (RMSNorm of queries and keys per head; Dehghani et al. 2023, arXiv
 2302.05442), optional shared-QK (queries are the keys' projection, as in
 the Reformer; Kitaev et al. 2020, arXiv 2001.04451), RoPE or ALiBi
-positions, logit soft-capping, and the attention itself by registry name:
-`attention='blockwise'`, `attention_options={'query_chunk_size': 256}`.
+positions, logit soft-capping, and the attention itself as an
+`attention.AttentionSpec`: a registry name, its typed options, a mask and
+scores (`attention='blockwise'`, `attention_options={'query_chunk_size':
+256}` build one).
 
-Mechanisms that apply RoPE themselves (`rope_inside`: Infini-attention,
-whose memory must see content only, and Transformer-XL, which counts
-positions from its cache) get `rope_base` instead of rotated inputs. Their
-learned options (Infini-attention's per-head gate) are parameters here,
-`[options, N]`, starting at the value the mechanism registered.
-
-Randomised mechanisms get their random option drawn once from the layer's
-`params` stream and kept as a `RandomProjection` variable: the Performer's
-feature projection, LSH's hashing key. It is not a `nnx.Param`, so
-optimizers leave it alone, but it is saved with the model state.
-`redraw(rng)` (or `redraw_projections(model, rng)` for a whole model) draws
-a new one, as the Performer paper does during training and the Reformer
-does at every step.
+This class serves every mechanism that needs nothing but projections.
+Families that add parameters or state subclass it (`models.layers`):
+`layer_class(name)` picks the class registered for a mechanism, and
+`attention_layer(...)` builds it. Subclasses override `_kernel_arguments`
+(arrays the kernel takes besides the inputs) and set `rope_inside` when the
+mechanism applies RoPE itself at positions it knows.
 """
 
 from __future__ import annotations
@@ -28,25 +23,34 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from flax import nnx
-import jax
 import jax.numpy as jnp
 
-import attention as attention_lib
 from attention import positional
+from attention.spec import AttentionSpec
 
 POSITIONAL_IN_ATTENTION = ('rope', 'alibi', None)
 
 
-class RandomProjection(nnx.Variable):
-  """A random draw (a projection `[F, H]`, a key): state, not trained."""
+def make_spec(attention, attention_options=None) -> AttentionSpec:
+  """The spec of a name or spec, with `attention_options` merged in."""
+  spec = AttentionSpec.create(attention)
+  if attention_options:
+    spec = AttentionSpec.create(
+        spec, options=spec.options.replace(**dict(attention_options)))
+  return spec
 
 
 class MultiHeadAttention(nnx.Module):
   """Self- or cross-attention with N query heads and K key/value heads."""
 
+  # The mechanism takes content queries and keys and `rope_base`, and
+  # rotates them at positions it knows (a segment's start, its cache's).
+  rope_inside = False
+
   def __init__(self, model_dim: int, num_heads: int, *,
                num_kv_heads: int | None = None, head_dim: int | None = None,
-               context_dim: int | None = None, attention: str = 'blockwise',
+               context_dim: int | None = None,
+               attention: str | AttentionSpec = 'blockwise',
                attention_options: Mapping[str, Any] | None = None,
                position: str | None = 'rope', rope_base: float = 10000.0,
                qk_norm: bool = False, shared_qk: bool = False,
@@ -64,23 +68,26 @@ class MultiHeadAttention(nnx.Module):
     if position not in POSITIONAL_IN_ATTENTION:
       raise ValueError(f'position must be one of {POSITIONAL_IN_ATTENTION}, '
                        f'got {position!r}')
-    mechanism = attention_lib.get(attention)  # Unknown names fail here.
-    self.attention = attention
-    options = dict(attention_options or {})
-    if logits_soft_cap is not None:
-      options['logits_soft_cap'] = logits_soft_cap
+    spec = make_spec(attention, attention_options)
+    from models.layers import registry as layer_registry  # no import cycle
+    wanted = layer_registry.layer_class(spec.name)
+    if not isinstance(self, wanted):
+      raise ValueError(f'attention {spec.name!r} needs the layer '
+                       f'{wanted.__name__}; build it with '
+                       'models.attention_layer(...)')
     refused = [name for name, used in [
         ('logits_soft_cap', logits_soft_cap is not None),
         ('alibi_slopes', position == 'alibi')] if used and
-               name in mechanism.refuses]
+               name in spec.mechanism.refuses]
     if refused:
-      raise ValueError(f'attention {attention!r} does not support '
+      raise ValueError(f'attention {spec.name!r} does not support '
                        f'{refused[0]} (position={position!r}, logits_soft_cap='
                        f'{logits_soft_cap!r})')
-    self.options = tuple(sorted(options.items()))  # hashable, static
+    self.spec = spec
+    self.logits_soft_cap = logits_soft_cap
     self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
     self.head_dim, self.position, self.rope_base = head_dim, position, rope_base
-    self.dtype = dtype
+    self.dtype, self.param_dtype = dtype, param_dtype
     dense = lambda i, o, **kw: nnx.LinearGeneral(
         i, o, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
         rngs=rngs, **kw)
@@ -94,39 +101,32 @@ class MultiHeadAttention(nnx.Module):
                                rngs=rngs) if qk_norm else None
     self.key_norm = norm()
     self.query_norm = self.key_norm if shared_qk else norm()
-    self.projection = RandomProjection(
-        self._draw(rngs.params())) if mechanism.draw_projection else None
-    initial = [value for _, value in mechanism.learned_options]
-    self.learned = nnx.Param(jnp.broadcast_to(
-        jnp.asarray(initial, param_dtype)[:, None], (len(initial), num_heads))
-                             ) if initial else None
-
-  def _draw(self, rng):
-    mechanism = self.mechanism
-    return mechanism.draw_projection(
-        rng, self.head_dim, **{**dict(mechanism.defaults), **dict(self.options)})
-
-  def redraw(self, rng):
-    """Draws a new random-feature projection (no-op without one)."""
-    if self.projection is not None:
-      self.projection[...] = self._draw(rng)
 
   @property
-  def mechanism(self) -> attention_lib.Mechanism:
-    return attention_lib.get(self.attention)
+  def attention(self) -> str:
+    """The mechanism's registry name."""
+    return self.spec.name
 
-  def _options(self):
-    """The mechanism's options (plain Python on the module; arrays here)."""
-    options = dict(self.options)
+  @property
+  def options(self):
+    """The mechanism's typed options."""
+    return self.spec.options
+
+  @property
+  def mechanism(self):
+    return self.spec.mechanism
+
+  def _kernel_arguments(self) -> dict[str, Any]:
+    """Arrays and settings the kernel takes besides its inputs and options:
+    what this layer owns (ALiBi slopes, soft cap; subclasses add theirs)."""
+    arguments = {}
     if self.position == 'alibi':
-      options['alibi_slopes'] = positional.alibi_slopes(self.num_heads)
-    if self.projection is not None:
-      options[self.mechanism.projection_option] = self.projection[...]
-    if self.position == 'rope' and self.mechanism.rope_inside:
-      options['rope_base'] = self.rope_base
-    for i, (name, _) in enumerate(self.mechanism.learned_options):
-      options[name] = self.learned[i]
-    return options
+      arguments['alibi_slopes'] = positional.alibi_slopes(self.num_heads)
+    if self.logits_soft_cap is not None:
+      arguments['logits_soft_cap'] = self.logits_soft_cap
+    if self.position == 'rope' and self.rope_inside:
+      arguments['rope_base'] = self.rope_base
+    return arguments
 
   def _project(self, x, context, q_positions, k_positions):
     key, value = self.key(context), self.value(context)
@@ -139,7 +139,7 @@ class MultiHeadAttention(nnx.Module):
       query = self.query(x)
     if self.query_norm is not None:
       query, key = self.query_norm(query), self.key_norm(key)
-    if self.position == 'rope' and not self.mechanism.rope_inside:
+    if self.position == 'rope' and not self.rope_inside:
       query = positional.rope(query, q_positions, base=self.rope_base)
       key = positional.rope(key, k_positions, base=self.rope_base)
     return query, key, value
@@ -152,7 +152,8 @@ class MultiHeadAttention(nnx.Module):
       x: `[B, T, D]` queries' inputs.
       context: optional `[B, S, D']` keys' and values' inputs.
       is_causal: causal self-attention.
-      mask: optional bool mask broadcasting to `[B, N, T, S]`.
+      mask: optional bool mask broadcasting to `[B, N, T, S]`, or an
+        `attention.masks.Mask` (ANDed with the spec's).
       key_value_seq_lengths: optional int `[B]`: context lengths.
       positions: optional int `[B, T]` positions of x (RoPE); default
         `0..T-1`. Context positions are `0..S-1`.
@@ -166,19 +167,22 @@ class MultiHeadAttention(nnx.Module):
     q_positions = jnp.arange(T) if positions is None else positions
     k_positions = q_positions if self_attention else jnp.arange(S)
     query, key, value = self._project(x, context, q_positions, k_positions)
-    out = self.mechanism(query, key, value, mask=mask, is_causal=is_causal,
-                         key_value_seq_lengths=key_value_seq_lengths,
-                         **self._options())
+    out = self.spec(query, key, value, mask=mask, is_causal=is_causal,
+                    key_value_seq_lengths=key_value_seq_lengths,
+                    **self._kernel_arguments())
     return self.out(out)
 
   def init_state(self, batch_size: int, max_length: int):
     """The mechanism's empty decoding state for this layer."""
-    if not self.mechanism.decodable:
-      raise ValueError(f'attention {self.mechanism.name!r} has no decoding '
-                       'form (init_state/step)')
-    return self.mechanism.init_state(
-        batch_size, self.num_kv_heads, self.head_dim, max_length=max_length,
-        dtype=self.dtype or jnp.float32, **self._options())
+    return self.spec.init_state(batch_size, self.num_kv_heads, self.head_dim,
+                                max_length=max_length,
+                                dtype=self.dtype or jnp.float32,
+                                **self._state_arguments())
+
+  def _state_arguments(self) -> dict[str, Any]:
+    """Arguments of `init_state` besides the options (a window shapes the
+    exact cache into a ring)."""
+    return {}
 
   def step(self, state, x, positions, *, num_new=None):
     """Causal self-attention of L new tokens `x [B, L, D]` at `positions`.
@@ -187,17 +191,6 @@ class MultiHeadAttention(nnx.Module):
       `(out [B, L, D], new_state)`.
     """
     query, key, value = self._project(x, x, positions, positions)
-    out, state = self.mechanism.step(state, query, key, value,
-                                     num_new=num_new, **self._options())
+    out, state = self.spec.step(state, query, key, value, num_new=num_new,
+                                **self._kernel_arguments())
     return self.out(out), state
-
-
-def redraw_projections(model: nnx.Module, rng) -> None:
-  """Redraws the projection of every random-feature layer in `model`.
-
-  Layer i (in graph order) draws from `fold_in(rng, i)`.
-  """
-  layers = [m for _, m in nnx.iter_modules(model)
-            if isinstance(m, MultiHeadAttention) and m.projection is not None]
-  for i, layer in enumerate(layers):
-    layer.redraw(jax.random.fold_in(rng, i))

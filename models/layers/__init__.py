@@ -1,0 +1,41 @@
+"""Attention layers (NNX): one class per family that needs parameters or
+state, picked by mechanism name.
+
+  attention_layer(model_dim, num_heads, attention=spec_or_name, ...)
+
+builds the layer registered for the mechanism (`layer_class(name)`):
+`MultiHeadAttention` for exact, linear and masked attention,
+`PerformerAttention` and `LSHAttention` (a random draw kept as state),
+`InfiniAttention` (learned gates) and `XLAttention` (RoPE inside).
+"""
+
+from models.layers.base import MultiHeadAttention, make_spec
+from models.layers.memory import InfiniAttention, XLAttention
+from models.layers.random_draws import (LSHAttention, PerformerAttention,
+                                        RandomDrawAttention, RandomProjection,
+                                        redraw_projections)
+from models.layers.registry import layer_class, register_layer
+
+
+def attention_layer(model_dim: int, num_heads: int, *, attention='blockwise',
+                    attention_options=None, **kwargs) -> MultiHeadAttention:
+  """The layer for `attention` (a name or `attention.AttentionSpec`), with
+  `MultiHeadAttention`'s arguments."""
+  spec = make_spec(attention, attention_options)
+  return layer_class(spec.name)(model_dim, num_heads, attention=spec,
+                                **kwargs)
+
+
+__all__ = [
+    'InfiniAttention',
+    'LSHAttention',
+    'MultiHeadAttention',
+    'PerformerAttention',
+    'RandomDrawAttention',
+    'RandomProjection',
+    'XLAttention',
+    'attention_layer',
+    'layer_class',
+    'redraw_projections',
+    'register_layer',
+]
