@@ -14,7 +14,13 @@ from models.layers.memory import InfiniAttention, XLAttention
 from models.layers.random_draws import (LSHAttention, PerformerAttention,
                                         RandomDrawAttention, RandomProjection,
                                         redraw_projections)
-from models.layers.registry import layer_class, register_layer
+from models.layers.registry import register_layer, registered_layer
+
+
+def layer_class(name: str) -> type:
+  """The layer class of mechanism `name`: the one its family registered,
+  else `MultiHeadAttention`."""
+  return registered_layer(name) or MultiHeadAttention
 
 
 def attention_layer(model_dim: int, num_heads: int, *, attention='blockwise',
@@ -38,4 +44,5 @@ __all__ = [
     'layer_class',
     'redraw_projections',
     'register_layer',
+    'registered_layer',
 ]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from attention import positional
 from attention.spec import AttentionSpec
+from models.layers import registry as layer_registry
 
 POSITIONAL_IN_ATTENTION = ('rope', 'alibi', None)
 
@@ -69,9 +70,8 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(f'position must be one of {POSITIONAL_IN_ATTENTION}, '
                        f'got {position!r}')
     spec = make_spec(attention, attention_options)
-    from models.layers import registry as layer_registry  # no import cycle
-    wanted = layer_registry.layer_class(spec.name)
-    if not isinstance(self, wanted):
+    wanted = layer_registry.registered_layer(spec.name)
+    if wanted is not None and not isinstance(self, wanted):
       raise ValueError(f'attention {spec.name!r} needs the layer '
                        f'{wanted.__name__}; build it with '
                        'models.attention_layer(...)')

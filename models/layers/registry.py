@@ -19,8 +19,7 @@ def register_layer(name: str, cls: type) -> type:
   return cls
 
 
-def layer_class(name: str) -> type:
-  """The layer class of mechanism `name` (`MultiHeadAttention` unless its
-  family registered another)."""
-  from models.layers.base import MultiHeadAttention  # no import cycle
-  return _LAYERS.get(name, MultiHeadAttention)
+def registered_layer(name: str) -> type | None:
+  """The layer class a family registered for mechanism `name`, or None
+  (then `MultiHeadAttention` serves it)."""
+  return _LAYERS.get(name)

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from attention import positional
 from tests.attention import oracle
@@ -157,3 +158,18 @@ def check_against_oracle(fn, case: Case, dtype, jit=True):
   for name, grad in grads.items():
     assert np.all(np.isfinite(grad)), name
     assert_close(grad, want_grads[name], dtype, f'gradient of {name}')
+
+
+def covering(firsts, seconds, id_of=str):
+  """`pytest.param(a, b)` over the cross product of two axes: the default
+  suite runs max(len) pairs that cover every value of both (the i-th first
+  with the (i mod len)-th second), `make test-slow` the rest. Each pair is
+  a compiled program, so this is where a conformance matrix costs time.
+  """
+  params = []
+  for i, a in enumerate(firsts):
+    for j, b in enumerate(seconds):
+      default = j == i % len(seconds) or i == j % len(firsts)
+      params.append(pytest.param(a, b, id=f'{id_of(a)}-{id_of(b)}',
+                                 marks=() if default else pytest.mark.slow))
+  return params

@@ -22,28 +22,32 @@ def blockwise(chunks):
                            key_chunk_size=chunks[1])
 
 
-@pytest.mark.parametrize('chunks', CHUNKS, ids=str)
-@pytest.mark.parametrize('case', cases.CASES + cases.EXTRA_CASES, ids=str)
-def test_matches_float64_oracle(case, chunks):
-  cases.check_against_oracle(blockwise(chunks), case, jnp.float32)
+DTYPES = {'f32': jnp.float32, 'bf16': jnp.bfloat16}
+# Every (chunks, dtype) pair; each case meets one of them by default, the
+# whole cross product in `make test-slow`.
+SETTINGS = [(chunks, dtype) for dtype in DTYPES for chunks in CHUNKS]
 
 
-@pytest.mark.parametrize('case', cases.CASES + cases.EXTRA_CASES, ids=str)
-def test_matches_float64_oracle_bfloat16(case):
-  cases.check_against_oracle(blockwise((16, 5)), case, jnp.bfloat16)
+@pytest.mark.parametrize('case,setting', cases.covering(
+    cases.CASES + cases.EXTRA_CASES, SETTINGS))
+def test_matches_float64_oracle(case, setting):
+  chunks, dtype = setting
+  cases.check_against_oracle(blockwise(chunks), case, DTYPES[dtype])
 
 
-@pytest.mark.parametrize('case', cases.CASES[1:4], ids=str)
+@pytest.mark.parametrize('case', [
+    pytest.param(c, marks=() if i == 0 else pytest.mark.slow)
+    for i, c in enumerate(cases.CASES[1:4])], ids=str)
 def test_matches_float64_oracle_without_jit(case):
   cases.check_against_oracle(blockwise((16, 5)), case, jnp.float32,
                              jit=False)
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16],
-                         ids=['f32', 'bf16'])
-@pytest.mark.parametrize('case', cases.CASES, ids=str)
+@pytest.mark.parametrize('case,dtype', cases.covering(cases.CASES,
+                                                      list(DTYPES)))
 def test_matches_jax_nn(case, dtype):
-  test_reference.check_against_jax_nn(blockwise((16, 5)), case, dtype)
+  test_reference.check_against_jax_nn(blockwise((16, 5)), case,
+                                      DTYPES[dtype])
 
 
 CAUSAL = cases.Case('causal', T=50, S=50, is_causal=True, window=(20, 0))

@@ -29,12 +29,18 @@ def dense_of(mask):
 
 
 def outputs_and_grads(fn, mask, dtype):
+  """Output and gradients of q, k, v: one compiled program (the mask, a
+  pytree, is an argument)."""
   q, k, v = inputs(dtype)
   weights = jax.random.normal(jax.random.key(9), (B, T, N, H), jnp.float32)
-  loss = lambda q, k, v: jnp.sum(fn(q, k, v, mask=mask).astype(
-      jnp.float32) * weights)
-  out = fn(q, k, v, mask=mask)
-  return [out] + list(jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
+
+  def loss(q, k, v, mask):
+    out = fn(q, k, v, mask=mask)
+    return jnp.sum(out.astype(jnp.float32) * weights), out
+
+  grads, out = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(
+      q, k, v, mask)
+  return [out] + list(grads)
 
 
 def check(mask, dtype=jnp.float32, chunks=(16, 5), **options):
