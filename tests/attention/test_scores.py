@@ -98,8 +98,8 @@ def loss_and_grads(fn, score, dtype):
   def loss(q, k, v, score):
     out = fn(q, k, v, score=score).astype(jnp.float32)
     return jnp.sum(out * weights)
-  return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(*inputs(dtype),
-                                                          score)
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(
+      *inputs(dtype), score)
 
 
 # soft_cap and alibi run through the kernel inside 'chain'.

@@ -141,16 +141,18 @@ def test_padded_keys_leave_numerator_and_denominator(is_causal):
 
 def test_bfloat16_stays_finite_and_close():
   q, k, v = qkv(T=64, S=64)
+  linear = jax.jit(attention.linear_attention, static_argnames='is_causal')
   for causal in (False, True):
-    want = attention.linear_attention(q, k, v, is_causal=causal)
-    got = attention.linear_attention(*(x.astype(jnp.bfloat16)
-                                       for x in (q, k, v)), is_causal=causal)
+    want = linear(q, k, v, is_causal=causal)
+    got = linear(*(x.astype(jnp.bfloat16) for x in (q, k, v)),
+                 is_causal=causal)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(got.astype(jnp.float32), want, atol=3e-2,
                                rtol=3e-2)
-    grads = jax.grad(lambda q: attention.linear_attention(
+    grads = jax.jit(jax.grad(lambda q: attention.linear_attention(
         q, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16),
-        is_causal=causal).astype(jnp.float32).sum())(q.astype(jnp.bfloat16))
+        is_causal=causal).astype(jnp.float32).sum()))(
+            q.astype(jnp.bfloat16))
     assert jnp.all(jnp.isfinite(grads.astype(jnp.float32)))
 
 
@@ -163,7 +165,7 @@ def test_row_without_keys_is_zero_with_finite_gradient():
   out = attention.linear_attention(q, k, v, feature_map='identity', eps=0.0,
                                    key_value_seq_lengths=lengths)
   np.testing.assert_array_equal(out[1], 0.0)
-  for g in jax.grad(loss, argnums=(0, 1, 2))(q, k, v):
+  for g in jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v):
     assert jnp.all(jnp.isfinite(g))
 
 
