@@ -223,8 +223,10 @@ def test_encoder_decoder_incremental_decoding_equals_full_forward():
   model = models.EncoderDecoder(c, rngs=nnx.Rngs(0))
   source, target = tokens(T=13), tokens(T=9, seed=2)
   source_lengths = jnp.array([13, 6])
-  full = model(source, target, source_lengths=source_lengths)
-  memory = model.encode(source, source_lengths=source_lengths)
+  full = nnx.jit(lambda m: m(source, target,
+                             source_lengths=source_lengths))(model)
+  memory = nnx.jit(lambda m: m.encode(source,
+                                      source_lengths=source_lengths))(model)
   cache = model.init_cache(2, 9)
   decode = nnx.jit(lambda model, cache, x: model.decode(
       cache, x, memory, source_lengths=source_lengths))

@@ -84,10 +84,9 @@ def test_equals_the_definition_and_segment_by_segment(update, rope_base):
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), whole, atol=1e-6)
   np.testing.assert_array_equal(carried.position, [T, T])
-  first, middle = infini.scan_segments(q[:, :16], k[:, :16], v[:, :16],
-                                       None, g, **options)
-  second, end = infini.scan_segments(q[:, 16:], k[:, 16:], v[:, 16:],
-                                     middle, g, **options)
+  scan = jax.jit(functools.partial(infini.scan_segments, **options))
+  first, middle = scan(q[:, :16], k[:, :16], v[:, :16], None, g)
+  second, end = scan(q[:, 16:], k[:, 16:], v[:, 16:], middle, g)
   np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole,
                              atol=1e-6)
   np.testing.assert_allclose(end.matrix, memory.matrix, atol=1e-5)
@@ -130,10 +129,13 @@ def test_state_and_compiled_memory_do_not_grow_with_length():
 
   assert temp_bytes(65536) == temp_bytes(8192)
   q, k, v, g = inputs()
-  _, short = infini.scan_segments(q[:, :9], k[:, :9], v[:, :9], None, g,
-                                  segment_size=L)
-  _, long = infini.scan_segments(q, k, v, None, g, segment_size=L)
-  assert jax.tree.map(jnp.shape, short) == jax.tree.map(jnp.shape, long)
+  _, short = jax.eval_shape(functools.partial(
+      infini.scan_segments, segment_size=L), q[:, :9], k[:, :9], v[:, :9],
+      None, g)
+  _, long = jax.eval_shape(functools.partial(
+      infini.scan_segments, segment_size=L), q, k, v, None, g)
+  assert jax.tree.map(lambda x: x.shape, short) == jax.tree.map(
+      lambda x: x.shape, long)
 
 
 def test_gradients_flow_through_the_memory():
@@ -180,7 +182,8 @@ def test_lengths_bfloat16_and_errors():
 def test_decoding_equals_one_call_and_state_size_is_fixed(update):
   q, k, v, g = inputs()
   options = dict(segment_size=L, update=update, rope_base=100.0)
-  whole = infini.infini_attention(q, k, v, gate_logits=g, **options)
+  whole = jax.jit(functools.partial(infini.infini_attention, gate_logits=g,
+                                    **options))(q, k, v)
   state = infini_decoding.init_state(B, K, H, segment_size=L)
   step = jax.jit(functools.partial(infini_decoding.step, gate_logits=g,
                                    **options))
@@ -203,8 +206,8 @@ def test_decoding_equals_one_call_and_state_size_is_fixed(update):
   assert jax.tree.map(jnp.shape, state) == shapes
   # Row 0: four full segments written, five tokens waiting.
   q, k, v, _ = inputs()
-  _, memory = infini.scan_segments(q[:, :32], k[:, :32], v[:, :32], None, g,
-                                   **options)
+  _, memory = jax.jit(functools.partial(infini.scan_segments, **options))(
+      q[:, :32], k[:, :32], v[:, :32], None, g)
   np.testing.assert_array_equal(state.fill, [5, 6])
   np.testing.assert_allclose(state.memory.matrix[0], memory.matrix[0],
                              atol=1e-4, rtol=1e-5)
