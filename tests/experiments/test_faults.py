@@ -38,10 +38,11 @@ pytestmark = [
         'ignore::pytest.PytestUnraisableExceptionWarning'),
 ]
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope='module')
 def collect_orbax_leftovers():
   """Collects the coroutines a failed orbax restore leaves behind while the
-  warning filter above applies, not in whatever test runs next."""
+  warning filter above applies (this module's last teardown), not in a test
+  of another module. Once per module: a collection costs about a second."""
   yield
   gc.collect()
 

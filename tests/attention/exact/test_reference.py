@@ -13,13 +13,18 @@ from tests.attention import cases
 DTYPES = [jnp.float32, jnp.bfloat16]
 
 
-@pytest.mark.parametrize('dtype', DTYPES, ids=['f32', 'bf16'])
-@pytest.mark.parametrize('case', cases.CASES + cases.EXTRA_CASES, ids=str)
+# Each case in one dtype by default (both dtypes covered); the cross
+# product in `make test-slow`.
+@pytest.mark.parametrize('case,dtype', cases.covering(
+    cases.CASES + cases.EXTRA_CASES, DTYPES, id_of=lambda x: getattr(
+        x, 'name', None) or jnp.dtype(x).name))
 def test_matches_float64_oracle(case, dtype):
   cases.check_against_oracle(attention.dot_product_attention, case, dtype)
 
 
-@pytest.mark.parametrize('case', cases.CASES[:4], ids=str)
+@pytest.mark.parametrize('case', [
+    pytest.param(c, marks=() if i < 2 else pytest.mark.slow)
+    for i, c in enumerate(cases.CASES[:4])], ids=str)
 def test_matches_float64_oracle_without_jit(case):
   cases.check_against_oracle(attention.dot_product_attention, case,
                              jnp.float32, jit=False)
@@ -48,8 +53,9 @@ def check_against_jax_nn(fn, case, dtype):
                        f'gradient of {name}')
 
 
-@pytest.mark.parametrize('dtype', DTYPES, ids=['f32', 'bf16'])
-@pytest.mark.parametrize('case', cases.CASES, ids=str)
+@pytest.mark.parametrize('case,dtype', cases.covering(
+    cases.CASES, DTYPES, id_of=lambda x: getattr(x, 'name', None) or
+    jnp.dtype(x).name))
 def test_matches_jax_nn(case, dtype):
   check_against_jax_nn(attention.dot_product_attention, case, dtype)
 
