@@ -1,6 +1,7 @@
 """Models: shapes, parameter counts, causality, decoding, errors."""
 
 import dataclasses
+import functools
 
 from flax import nnx
 import jax
@@ -287,11 +288,12 @@ def test_cache_steps_with_a_window_equal_full_windowed_attention(mechanism):
   k, v = (jnp.asarray(rng.standard_normal((2, 10, 2, 8)), jnp.float32)
           for _ in range(2))
   m = attention.get(mechanism)
-  want = m(q, k, v, is_causal=True, local_window_size=(3, 0))
+  want = jax.jit(functools.partial(m, is_causal=True,
+                                   local_window_size=(3, 0)))(q, k, v)
   state = m.init_state(2, 2, 8, max_length=12)
+  step = jax.jit(functools.partial(m.step, local_window_size=(3, 0)))
   for t in range(10):
-    out, state = m.step(state, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1],
-                        local_window_size=(3, 0))
+    out, state = step(state, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1])
     np.testing.assert_allclose(out[:, 0], want[:, t], atol=1e-5, rtol=1e-5)
 
 
