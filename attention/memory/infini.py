@@ -46,6 +46,12 @@ from attention import positional
 
 RULES = ('delta', 'linear')
 _REFUSED_WHY = 'segments attend causally to themselves and the memory'
+# The gate's logit when none is given, and where models start learning it:
+# g = sigmoid(-3) = 0.05, the memory nearly shut. With g = 1/2 from the
+# start (reading an empty, then untrained, memory), a 2-layer model did not
+# learn to copy a passkey inside one segment in 600 steps; from -3 it did in
+# 300 to 500, as full attention does (experiments/configs/passkey.py).
+DEFAULT_GATE_LOGIT = -3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +166,8 @@ def check_options(update, segment_size, gate_logits, N):
   if update not in RULES:
     raise ValueError(f'update must be one of {RULES}, got {update!r}')
   arguments.check_positive_int('segment_size', segment_size)
-  gate = jnp.zeros((N,), jnp.float32) if gate_logits is None else (
-      jnp.asarray(gate_logits, jnp.float32))
+  gate = jnp.full((N,), DEFAULT_GATE_LOGIT, jnp.float32) if (
+      gate_logits is None) else jnp.asarray(gate_logits, jnp.float32)
   if gate.shape != (N,):
     raise ValueError(f'gate_logits must be [N] = ({N},), got shape '
                      f'{gate.shape}')
@@ -180,7 +186,7 @@ def scan_segments(query, key, value, memory: Memory | None = None,
     query: `[B, T, N, H]`; key, value: `[B, T, K, H]`.
     memory: the memory to start from (default: empty); its `position` is
       where these tokens start.
-    gate_logits: `[N]`; default zeros (g = 1/2).
+    gate_logits: `[N]`; default `DEFAULT_GATE_LOGIT` (-3: g = 0.05).
     segment_size: L; T is padded to a multiple of it (padding is never
       written to the memory).
     key_value_seq_lengths: optional int `[B]`: tokens past it are padding.

@@ -11,15 +11,12 @@ from __future__ import annotations
 from flax import nnx
 import jax.numpy as jnp
 
+from attention.memory import infini
 from models.layers.base import MultiHeadAttention
 from models.layers.registry import register_layer
 
-# Models start with g = sigmoid(-3) = 0.05, the memory nearly shut: with
-# g = 1/2 from the start (reading an empty, then untrained, memory), a
-# 2-layer model did not learn to copy a passkey inside one segment in 600
-# steps; from -3 it did in 300 to 500, as full attention does
-# (experiments/configs/passkey.py).
-INITIAL_GATE_LOGIT = -3.0
+# Models start learning the gate where the kernel's default is (see there).
+INITIAL_GATE_LOGIT = infini.DEFAULT_GATE_LOGIT
 
 
 class XLAttention(MultiHeadAttention):

@@ -214,3 +214,13 @@ def test_decoding_equals_one_call_and_state_size_is_fixed(update):
   with pytest.raises(ValueError, match='differs from the state'):
     infini_decoding.step(state, q1[:, :1], k1[:, :1], v1[:, :1],
                          segment_size=16)
+
+
+def test_one_gate_default_for_kernels_and_models():
+  """Without gates the kernel uses the logit models start from (-3)."""
+  q, k, v, _ = inputs()
+  fn = jax.jit(functools.partial(infini.infini_attention, segment_size=L))
+  N = q.shape[2]
+  np.testing.assert_array_equal(
+      fn(q, k, v), fn(q, k, v, gate_logits=jnp.full((N,), -3.0)))
+  assert infini.DEFAULT_GATE_LOGIT == -3.0
