@@ -11,7 +11,6 @@ import dataclasses
 import math
 from typing import Any
 
-import chex
 import jax.numpy as jnp
 
 from attention import scores
@@ -46,16 +45,18 @@ def parse(name, query, key, value, *, scale, local_window_size,
   dims = shapes.check_qkv(query, key, value)
   q_len = kv_len = None
   if query_seq_lengths is not None:
-    q_len = shapes.check_lengths('query_seq_lengths', query_seq_lengths, dims)
+    q_len = shapes.check_lengths('query_seq_lengths', query_seq_lengths,
+                                 dims, dims.T, 'T')
   if key_value_seq_lengths is not None:
     kv_len = shapes.check_lengths('key_value_seq_lengths',
-                                  key_value_seq_lengths, dims)
+                                  key_value_seq_lengths, dims, dims.S, 'S')
   query = zero_past(query, q_len)
   key, value = zero_past(key, kv_len), zero_past(value, kv_len)
   if alibi_slopes is not None:
     alibi_slopes = jnp.asarray(alibi_slopes, jnp.float32)
-    chex.assert_shape(alibi_slopes, (dims.N,),
-                      custom_message=f'alibi_slopes must be [N] = ({dims.N},)')
+    if alibi_slopes.shape != (dims.N,):
+      raise ValueError(f'alibi_slopes must be [N] = ({dims.N},), got shape '
+                       f'{alibi_slopes.shape}')
   if logits_soft_cap is not None and not (
       isinstance(logits_soft_cap, (int, float)) and logits_soft_cap > 0):
     raise ValueError('logits_soft_cap must be a positive number or None, got '

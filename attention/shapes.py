@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import chex
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,27 +47,27 @@ def check_qkv(query, key, value) -> Dims:
   """Checks `query [B, T, N, H]`, `key/value [B, S, K, H]` and returns sizes.
 
   Raises:
-    AssertionError (from chex): a wrong rank, batch, length or head dim, or
-      N not divisible by K; the message names the argument and the shape
-      that was expected.
+    ValueError (as `jax.nn.dot_product_attention` does): a wrong rank,
+      batch, length or head dim, or N not divisible by K; the message names
+      the argument and the shape that was expected.
   """
-  chex.assert_rank(query, 4, custom_message='query must be [B, T, N, H]')
-  chex.assert_rank(key, 4, custom_message='key must be [B, S, K, H]')
-  chex.assert_rank(value, 4, custom_message='value must be [B, S, K, H]')
+  for name, x, letters in [('query', query, 'B, T, N, H'),
+                           ('key', key, 'B, S, K, H'),
+                           ('value', value, 'B, S, K, H')]:
+    if jnp.ndim(x) != 4:
+      raise ValueError(f'{name} must be [{letters}] (rank 4), got shape '
+                       f'{jnp.shape(x)}')
   B, T, N, H = query.shape
   _, S, K, _ = key.shape
-  expected_kv = (B, S, K, H)
-  chex.assert_shape(
-      key, (B, S, K, H),
-      custom_message=f'key must be [B, S, K, H] with B={B} and H={H} as in '
-      f'query {query.shape}')
-  chex.assert_shape(
-      value, expected_kv,
-      custom_message=f'value must have the shape of key, [B, S, K, H] = '
-      f'{expected_kv}')
-  chex.assert_is_divisible(
-      N, K, custom_message=f'query heads N={N} must be a multiple of key/value '
-      f'heads K={K} (GQA/MQA)')
+  if key.shape[0] != B or key.shape[3] != H:
+    raise ValueError(f'key must be [B, S, K, H] with B={B} and H={H} as in '
+                     f'query {query.shape}, got {key.shape}')
+  if value.shape != key.shape:
+    raise ValueError(f'value must have the shape of key, [B, S, K, H] = '
+                     f'{key.shape}, got {value.shape}')
+  if N % K:
+    raise ValueError(f'query heads N={N} must be a multiple of key/value '
+                     f'heads K={K} (GQA/MQA)')
   return Dims(B=B, T=T, S=S, N=N, K=K, H=H)
 
 
@@ -85,21 +86,45 @@ def check_bnts(name: str, array, dims: Dims):
   full = (dims.B, dims.N, dims.T, dims.S)
   message = (f'{name} must broadcast to [B, N, T, S] = {full} (each axis 1 '
              f'or full size), got shape {array.shape}')
-  chex.assert_rank(array, {0, 1, 2, 3, 4}, custom_message=message)
+  if array.ndim > 4:
+    raise ValueError(message)
   array = array.reshape((1,) * (4 - array.ndim) + array.shape)
-  chex.assert_shape(
-      array, tuple(1 if a == 1 else f for a, f in zip(array.shape, full)),
-      custom_message=message)
+  if any(a not in (1, f) for a, f in zip(array.shape, full)):
+    raise ValueError(message)
   if name == 'mask' and array.dtype != bool:
     # Flax's make_attention_mask gives float 0/1 masks: nonzero attends.
     array = array != 0
   return array
 
 
-def check_lengths(name: str, lengths, dims: Dims):
-  """Checks a `[B]` integer array of sequence lengths."""
+def concrete(x):
+  """`x` as a NumPy array, or None while it is being traced."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    return None
+
+
+def check_lengths(name: str, lengths, dims: Dims, bound: int,
+                  bound_name: str):
+  """Checks a `[B]` integer array of sequence lengths in `[0, bound]`.
+
+  Values are checked when they are concrete (an eager call, a constant).
+  Under `jit` they are not known while tracing and are used as given: a
+  length past the sequence counts the whole sequence, a negative one none
+  of it.
+  """
   lengths = jnp.asarray(lengths)
-  chex.assert_shape(lengths, (dims.B,),
-                    custom_message=f'{name} must be [B] = ({dims.B},)')
-  chex.assert_type(lengths, int, custom_message=f'{name} must be integer')
+  if lengths.shape != (dims.B,):
+    raise ValueError(f'{name} must be [B] = ({dims.B},), got shape '
+                     f'{lengths.shape}')
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise ValueError(f'{name} must be integer, got {lengths.dtype}')
+  values = concrete(lengths)
+  if values is not None:
+    bad = (values < 0) | (values > bound)
+    if bad.any():
+      raise ValueError(f'{name} must lie in [0, {bound_name}={bound}], got '
+                       f'{values.tolist()}')
   return lengths.astype(jnp.int32)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -110,10 +109,10 @@ def step(state: KVCache, query, key, value, *, attend, num_new=None,
                            alibi_slopes=alibi_slopes, **options)
   B, L, N, H = query.shape
   _, max_length, K, _ = state.key.shape
-  chex.assert_shape(key, (B, L, K, H), custom_message=f'key must be '
-                    f'[B, L, K, H] = {(B, L, K, H)} to fit the cache')
-  chex.assert_shape(value, (B, L, K, H), custom_message=f'value must be '
-                    f'[B, L, K, H] = {(B, L, K, H)} to fit the cache')
+  for name, x in (('key', key), ('value', value)):
+    if x.shape != (B, L, K, H):
+      raise ValueError(f'{name} must be [B, L, K, H] = {(B, L, K, H)} to fit '
+                       f'the cache, got {x.shape}')
   if L > max_length:
     raise ValueError(f'query holds {L} tokens, more than the cache\'s '
                      f'max_length={max_length}')

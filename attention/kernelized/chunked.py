@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -232,12 +231,15 @@ def attend(args, features, *, is_causal: bool, chunk_size: int, eps: float):
 def check_step(state: State, args, num_features: int | None = None):
   """Entry checks of a decoding step: L keys for L queries, state shapes."""
   d = args.dims
-  chex.assert_shape(args.key, (d.B, d.T, d.K, d.H), custom_message=(
-      f'key must be [B, L, K, H] = {(d.B, d.T, d.K, d.H)}: one key per new '
-      'query'))
-  chex.assert_shape(state.kv, (d.B, d.K, num_features, d.H), custom_message=(
-      f'state.kv must be [B, K, F, H] = {(d.B, d.K, num_features, d.H)}: '
-      'make the state with init_state and the same options'))
+  if args.key.shape != (d.B, d.T, d.K, d.H):
+    raise ValueError(f'key must be [B, L, K, H] = {(d.B, d.T, d.K, d.H)}: one '
+                     f'key per new query, got {args.key.shape}')
+  want = (d.B, d.K, num_features, d.H)
+  if len(state.kv.shape) != 4 or any(
+      w is not None and s != w for s, w in zip(state.kv.shape, want)):
+    raise ValueError(f'state.kv must be [B, K, F, H] = {want}: make the state '
+                     f'with init_state and the same options, got '
+                     f'{state.kv.shape}')
 
 
 def step(state: State, features, args, *, num_new, chunk_size: int,

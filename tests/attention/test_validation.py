@@ -1,5 +1,6 @@
 """Bad input gets an error that names the argument and what was expected."""
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -30,7 +31,7 @@ SHAPE_ERRORS = [
 @pytest.mark.parametrize('fn', FUNCTIONS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize('shapes,kwargs,message', SHAPE_ERRORS)
 def test_bad_shapes_name_the_argument(fn, shapes, kwargs, message):
-  with pytest.raises(AssertionError, match=message):
+  with pytest.raises(ValueError, match=message):
     fn(*qkv(**shapes), **kwargs)
 
 
@@ -75,3 +76,39 @@ def test_numeric_mask_means_nonzero_attends_as_in_flax(fn):
   out_bool = fn(*qkv(), mask=mask)
   out_float = fn(*qkv(), mask=mask.astype(jnp.float32))
   assert (out_bool == out_float).all()
+
+
+@pytest.mark.parametrize('name', attention.names())
+def test_lengths_outside_the_sequence_raise_when_concrete(name):
+  """Every mechanism: lengths past the sequence or negative are refused
+  where their values are known; under jit they are used as given."""
+  mechanism = attention.get(name)
+  q = jnp.ones((B, T, N, H))
+  kv = jnp.ones((B, T, K, H))  # S = T: self-attention mechanisms too
+  for kwargs, message in [
+      (dict(key_value_seq_lengths=jnp.array([T + 1, 2])),
+       rf'key_value_seq_lengths must lie in \[0, S={T}\], got \[{T + 1}, 2\]'),
+      (dict(key_value_seq_lengths=jnp.array([-1, 2])),
+       'key_value_seq_lengths must lie in'),
+      (dict(query_seq_lengths=jnp.array([3, T + 2])),
+       rf'query_seq_lengths must lie in \[0, T={T}\]'),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      mechanism(q, kv, kv, is_causal=True, **kwargs)
+  traced = jax.jit(lambda lengths: mechanism(
+      q, kv, kv, is_causal=True, key_value_seq_lengths=lengths))
+  assert traced(jnp.array([T + 1, 2])).shape == q.shape
+
+
+@pytest.mark.parametrize('args,message', [
+    ((jnp.ones((B, T, N, H)), jnp.ones((B, S, K, H)), jnp.ones((B, S, K))),
+     r'value must be \[B, S, K, H\] \(rank 4\)'),
+    ((jnp.ones((B, T, N, H)), jnp.ones((B, S, K, H)), jnp.ones((B, S, K, 2))),
+     'value must have the shape of key'),
+])
+def test_shape_errors_are_value_errors_as_in_jax_nn(args, message):
+  """jax.nn raises ValueError for bad shapes; chex's AssertionError is
+  gone from the public entry points."""
+  for fn in FUNCTIONS:
+    with pytest.raises(ValueError, match=message):
+      fn(*args)

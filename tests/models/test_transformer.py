@@ -216,7 +216,7 @@ def test_bad_input_errors():
     models.generate(model, tokens(T=10), max_new_tokens=8, max_length=16)
   cache = attention.get('blockwise').init_state(2, 2, 8, max_length=16)
   q = jnp.ones((2, 1, 4, 8))
-  with pytest.raises(AssertionError, match='key must be'):
+  with pytest.raises(ValueError, match='key must be'):
     attention.get('blockwise').step(cache, q, jnp.ones((2, 1, 2, 4)),
                                     jnp.ones((2, 1, 2, 4)))
 

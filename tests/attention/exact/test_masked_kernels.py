@@ -28,29 +28,37 @@ def dense_of(mask):
   return masks.evaluate(mask.bind(T, S), N, T, S)
 
 
-def outputs_and_grads(fn, mask, dtype):
-  """Output and gradients of q, k, v: one compiled program (the mask, a
+def _grads_program(fn):
+  """jit(grad) of `sum(fn(q, k, v, mask=mask) * weights)`, with the output."""
+  def loss(q, k, v, mask, weights):
+    out = fn(q, k, v, mask=mask)
+    return jnp.sum(out.astype(jnp.float32) * weights), out
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
+# The reference takes every mask as a full [B, N, T, S] array: one program
+# (per dtype) serves all the masks below.
+_REFERENCE = _grads_program(attention.dot_product_attention)
+
+
+def outputs_and_grads(program, mask, dtype):
+  """Output and gradients of q, k, v from one compiled program (the mask, a
   pytree, is an argument)."""
   q, k, v = inputs(dtype)
   weights = jax.random.normal(jax.random.key(9), (B, T, N, H), jnp.float32)
-
-  def loss(q, k, v, mask):
-    out = fn(q, k, v, mask=mask)
-    return jnp.sum(out.astype(jnp.float32) * weights), out
-
-  grads, out = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(
-      q, k, v, mask)
+  grads, out = program(q, k, v, mask, weights)
   return [out] + list(grads)
 
 
 def check(mask, dtype=jnp.float32, chunks=(16, 5), **options):
-  blockwise = jax.jit(functools.partial(
+  blockwise = _grads_program(functools.partial(
       attention.blockwise_attention, query_chunk_size=chunks[0],
       key_chunk_size=chunks[1], **options))
-  reference = jax.jit(functools.partial(attention.dot_product_attention,
-                                        **options))
+  reference = _REFERENCE if not options else _grads_program(
+      functools.partial(attention.dot_product_attention, **options))
+  dense = jnp.broadcast_to(dense_of(mask), (B, N, T, S))
   got = outputs_and_grads(blockwise, mask, dtype)
-  want = outputs_and_grads(reference, dense_of(mask), dtype)
+  want = outputs_and_grads(reference, dense, dtype)
   tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
   for name, a, b in zip(('out', 'dq', 'dk', 'dv'), got, want):
     np.testing.assert_allclose(np.asarray(a, np.float32),
@@ -85,24 +93,25 @@ def test_mask_objects_combine_with_the_other_arguments():
               key_value_seq_lengths=kv_len, local_window_size=(9, 0),
               bias=bias, chunks=(7, 9))
   np.testing.assert_array_equal(out[1, 20:], 0.0)  # rows past the length
-  array_and_object = functools.partial(
-      attention.blockwise_attention, query_chunk_size=16, key_chunk_size=5)
+  array_and_object = jax.jit(functools.partial(
+      attention.blockwise_attention, query_chunk_size=16, key_chunk_size=5))
   q, k, v = inputs()
   both = array_and_object(q, k, v, mask=masks.causal())
   np.testing.assert_allclose(
       both, array_and_object(q, k, v, mask=dense_of(masks.causal())),
       atol=1e-6)
   np.testing.assert_allclose(
-      attention.blockwise_attention(q, k, v, mask=extra, is_causal=True),
-      attention.dot_product_attention(q, k, v, mask=extra & dense_of(
-          masks.causal())), atol=1e-5)
+      jax.jit(functools.partial(attention.blockwise_attention,
+                                is_causal=True))(q, k, v, mask=extra),
+      jax.jit(attention.dot_product_attention)(
+          q, k, v, mask=extra & dense_of(masks.causal())), atol=1e-5)
 
 
 def test_rows_that_see_nothing_are_zero_with_finite_gradients():
   mask = masks.chunked(8) & masks.key_lengths(jnp.array([45, 0]))
-  out, dq, dk, dv = outputs_and_grads(functools.partial(
-      attention.blockwise_attention, query_chunk_size=16, key_chunk_size=5),
-                                      mask, jnp.float32)
+  out, dq, dk, dv = outputs_and_grads(_grads_program(functools.partial(
+      attention.blockwise_attention, query_chunk_size=16,
+      key_chunk_size=5)), mask, jnp.float32)
   np.testing.assert_array_equal(out[1], 0.0)
   assert all(np.isfinite(x).all() for x in (dq, dk, dv))
 
