@@ -48,8 +48,9 @@ def check_qkv(query, key, value) -> Dims:
 
   Raises:
     ValueError (as `jax.nn.dot_product_attention` does): a wrong rank,
-      batch, length or head dim, or N not divisible by K; the message names
-      the argument and the shape that was expected.
+      batch, length or head dim, N not divisible by K, dtypes that differ
+      or are not floating point; the message names the argument and what
+      was expected.
   """
   for name, x, letters in [('query', query, 'B, T, N, H'),
                            ('key', key, 'B, S, K, H'),
@@ -68,6 +69,16 @@ def check_qkv(query, key, value) -> Dims:
   if N % K:
     raise ValueError(f'query heads N={N} must be a multiple of key/value '
                      f'heads K={K} (GQA/MQA)')
+  # As jax.nn: one dtype for the three (pass dtype= to cast them); and a
+  # floating one, where jax.nn would compute softmax weights in integers.
+  for name, x in (('query', query), ('value', value)):
+    if x.dtype != key.dtype:
+      raise ValueError(f'{name} dtype must be the key\'s, {key.dtype}, got '
+                       f'{x.dtype} (pass dtype= to cast query, key and '
+                       'value)')
+  if not jnp.issubdtype(key.dtype, jnp.floating):
+    raise ValueError(f'query, key and value must be floating point, got '
+                     f'{key.dtype}')
   return Dims(B=B, T=T, S=S, N=N, K=K, H=H)
 
 

@@ -112,3 +112,23 @@ def test_shape_errors_are_value_errors_as_in_jax_nn(args, message):
   for fn in FUNCTIONS:
     with pytest.raises(ValueError, match=message):
       fn(*args)
+
+
+@pytest.mark.parametrize('name', attention.names())
+def test_mixed_and_integer_dtypes_are_refused_as_in_jax_nn(name):
+  """jax.nn refuses a bfloat16 query with float32 keys; so does every
+  mechanism (it used to return bfloat16). Integers are refused too (they
+  came back as wrong integers); `dtype=` casts all three, as Flax does."""
+  mechanism = attention.get(name)
+  q = jnp.ones((B, T, N, H), jnp.bfloat16)
+  kv = jnp.ones((B, T, K, H), jnp.float32)
+  with pytest.raises(ValueError, match='query dtype should be float32'):
+    jax.nn.dot_product_attention(q, kv, kv)
+  with pytest.raises(ValueError, match="query dtype must be the key's, "
+                     'float32, got bfloat16'):
+    mechanism(q, kv, kv, is_causal=True)
+  ints = jnp.ones((B, T, K, H), jnp.int32)
+  with pytest.raises(ValueError, match='must be floating point, got int32'):
+    mechanism(jnp.ones((B, T, N, H), jnp.int32), ints, ints, is_causal=True)
+  out = mechanism(q, kv, kv, is_causal=True, dtype=jnp.float32)
+  assert out.dtype == jnp.float32
