@@ -68,6 +68,13 @@ def parse(name, query, key, value, *, scale, local_window_size,
                    logits_soft_cap=logits_soft_cap and float(logits_soft_cap))
 
 
+def empty_output(args: Arguments):
+  """The output when T = 0 (empty, as in `jax.nn`) or S = 0 (every query
+  sees no key: zeros, the rule for such rows)."""
+  d = args.dims
+  return jnp.zeros((d.B, d.T, d.N, d.H), args.query.dtype)
+
+
 def zero_past(x_BLKH, lengths):
   """`x [B, L, heads, H]` with the positions past `lengths [B]` set to zero.
 

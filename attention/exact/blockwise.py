@@ -288,6 +288,8 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module,
       alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+  if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
+    return arguments.empty_output(args)
   query, key, value, dims = args.query, args.key, args.value, args.dims
   B, T, S, N, K, G, H = dims.B, dims.T, dims.S, dims.N, dims.K, dims.G, dims.H
   Cq, Ck = min(query_chunk_size, T), min(key_chunk_size, S)

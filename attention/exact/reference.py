@@ -84,6 +84,8 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module,
       alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+  if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
+    return arguments.empty_output(args)
   query, key, value, dims = args.query, args.key, args.value, args.dims
   B, T, S, K, G, H = dims.B, dims.T, dims.S, dims.K, dims.G, dims.H
   q_offset = arguments.query_offset(query_offset, dims)

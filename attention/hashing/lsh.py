@@ -142,6 +142,8 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+  if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
+    return arguments.empty_output(args)
   d = args.dims
   rotations = _rotations(rng, rotations, d, num_hashes, num_buckets,
                          bucket_size)

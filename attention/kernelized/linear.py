@@ -128,6 +128,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
       else scale, local_window_size=None, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+  if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
+    return arguments.empty_output(args)
   return chunked.attend(args, _features(feature_map, args.scale),
                            is_causal=is_causal, chunk_size=chunk_size, eps=eps)
 

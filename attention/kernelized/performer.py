@@ -193,6 +193,8 @@ def performer_attention(query, key, value, bias=None, mask=None, *,
       local_window_size=None, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+  if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
+    return arguments.empty_output(args)
   return chunked.attend(
       args, _features(args, kernel, projection, num_features, orthogonal),
       is_causal=is_causal, chunk_size=chunk_size, eps=0.0)

@@ -271,6 +271,8 @@ def infini_attention(query, key, value, bias=None, mask=None, *, scale=None,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+  if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
+    return arguments.empty_output(args)
   d = args.dims
   out, _ = scan_segments(args.query, args.key, args.value, None, gate_logits,
                          segment_size=segment_size, update=update,

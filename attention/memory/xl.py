@@ -154,6 +154,8 @@ def xl_attention(query, key, value, bias=None, mask=None, *, scale=None,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+  if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
+    return arguments.empty_output(args)
   d, M = args.dims, memory_length
   lengths = jnp.full((d.B,), d.T, jnp.int32)
   if args.kv_len is not None:

@@ -132,3 +132,24 @@ def test_mixed_and_integer_dtypes_are_refused_as_in_jax_nn(name):
     mechanism(jnp.ones((B, T, N, H), jnp.int32), ints, ints, is_causal=True)
   out = mechanism(q, kv, kv, is_causal=True, dtype=jnp.float32)
   assert out.dtype == jnp.float32
+
+
+SELF_ATTENTION = ('lsh', 'infini', 'xl')  # S = T by construction
+
+
+@pytest.mark.parametrize('name', attention.names())
+def test_empty_sequences_give_empty_or_zero_outputs(name):
+  """T = 0: an empty output, as jax.nn gives (it used to divide by zero).
+  S = 0: every query sees no key, so zeros; gradients of the right shape."""
+  mechanism = attention.get(name)
+  causal = name in ('infini', 'xl')
+  sizes = [(0, 0)] + ([(0, 5), (5, 0)] if name not in SELF_ATTENTION else [])
+  for t, s in sizes:
+    q = jnp.ones((B, t, N, H))
+    kv = jnp.ones((B, s, K, H))
+    out = mechanism(q, kv, kv, is_causal=causal)
+    assert out.shape == (B, t, N, H) and out.dtype == q.dtype
+    assert not out.size or (out == 0).all()
+    grads = jax.grad(lambda q, k, v: mechanism(q, k, v, is_causal=causal)
+                     .sum(), argnums=(0, 1, 2))(q, kv, kv)
+    assert [g.shape for g in grads] == [q.shape, kv.shape, kv.shape]
