@@ -5,7 +5,8 @@ from models.layers import (MultiHeadAttention, RandomProjection,
 from models.block import Block, Mlp
 from models.config import TransformerConfig
 from models.generate import generate, sample
-from models.transformer import DecoderLM, Encoder, EncoderDecoder, reset_rows
+from models.transformer import (DecoderLM, Encoder, EncoderDecoder,
+                                cache_overflow, reset_rows)
 
 __all__ = [
     'Block',
@@ -17,6 +18,7 @@ __all__ = [
     'RandomProjection',
     'TransformerConfig',
     'attention_layer',
+    'cache_overflow',
     'generate',
     'redraw_projections',
     'reset_rows',

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention import positional
+from attention.decoding import kv_cache
 from models.block import Block, make_norm
 from models.config import TransformerConfig
 
@@ -56,6 +57,19 @@ class Embedding(nnx.Module):
     elif self.config.position == 'learned':
       x = x + _lookup(self.positions, positions, 'positions', 'max_length')
     return self.dropout(x, deterministic=deterministic)
+
+
+def cache_overflow(cache) -> jax.Array:
+  """bool `[B]`: rows of a decoding cache (`init_cache`) that ran past its
+  max_length, which only a traced call can do (eager calls raise first);
+  their logits are NaN from that token on. False where no layer can
+  overflow (ring caches, memories)."""
+  overflow = jnp.zeros(cache['position'].shape, bool)
+  for state in cache['layers']:
+    flag = kv_cache.overflowed(state)
+    if flag is not None:
+      overflow = overflow | flag
+  return overflow
 
 
 def concrete(x):
@@ -131,13 +145,15 @@ class Stack(nnx.Module):
            context_lengths=None):
     """Runs L new tokens `[B, L]` through the stack; `(x, new_cache)`."""
     positions = _positions(tokens, cache['position'])
+    advance = tokens.shape[1] if num_new is None else num_new
+    for state in cache['layers']:  # before anything runs, when concrete
+      kv_cache.check_room(state, advance)
     x = self.embed(tokens, positions)
     states = []
     for block, state in zip(self.blocks, cache['layers']):
       x, state = block.step(state, x, positions, num_new=num_new,
                             context=context, context_lengths=context_lengths)
       states.append(state)
-    advance = tokens.shape[1] if num_new is None else num_new
     return self._finish(x), {'position': cache['position'] + advance,
                              'layers': states}
 

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from attention import arguments
@@ -65,6 +66,33 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
   shape = (batch_size, max_length, num_kv_heads, head_dim)
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                  jnp.zeros((batch_size,), jnp.int32))
+
+
+def overflowed(state) -> jax.Array | None:
+  """bool `[B]`: rows that ran past the cache's max_length (their outputs
+  from then on are NaN); None for a state that is not a `KVCache` (ring
+  caches and memories never overflow)."""
+  if not isinstance(state, KVCache):
+    return None
+  return state.length > state.key.shape[1]
+
+
+def check_room(state, num_new_B) -> None:
+  """ValueError if concrete lengths would run past the cache (before any
+  step runs); traced values are not checked (see `overflowed`)."""
+  if not isinstance(state, KVCache):
+    return
+  try:
+    length = np.asarray(state.length) + np.asarray(num_new_B)
+  except (jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    return
+  max_length = state.key.shape[1]
+  if (length > max_length).any():
+    raise ValueError(f'the decoding cache holds max_length={max_length} '
+                     f'tokens per row; these tokens would take rows to '
+                     f'{length.tolist()}: make the cache with a larger '
+                     'max_length')
 
 
 def write_rows(cache_BLKH, new_BLKH, start_B):

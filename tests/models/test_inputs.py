@@ -33,8 +33,9 @@ def test_positions_past_the_learned_table_raise():
     lm(tokens(12))
   cache = lm.init_cache(2, 8)
   _, cache = lm.decode(cache, tokens(6))
-  with pytest.raises(ValueError, match='positions must lie in'):
-    lm.decode(cache, tokens(3))  # positions 6, 7, 8
+  # Positions 6, 7, 8: the cache (no larger than the table) is full first.
+  with pytest.raises(ValueError, match='decoding cache holds max_length=8'):
+    lm.decode(cache, tokens(3))
 
 
 @pytest.mark.parametrize('bad', [50, -1, 1000])
@@ -108,3 +109,17 @@ def test_generate_rejects_empty_prompts_and_bad_tokens_but_not_padding():
   np.testing.assert_array_equal(out, junk)
   assert (out >= 0).all() and (out < 50).all()
   assert out.shape == (2, 7)
+
+
+def test_a_full_cache_raises_before_decoding_and_flags_rows_under_jit():
+  """It used to return NaN logits silently."""
+  lm = model(position='rope')
+  cache = lm.init_cache(2, 8)
+  _, cache = lm.decode(cache, tokens(6), num_new=jnp.array([6, 2]))
+  assert not models.cache_overflow(cache).any()
+  with pytest.raises(ValueError, match=r'max_length=8 .* rows to \[9, 5\]'):
+    lm.decode(cache, tokens(3))
+  decode = nnx.jit(lambda m, c, x: m.decode(c, x))
+  logits, cache = decode(lm, cache, tokens(3))  # traced: no error, a flag
+  np.testing.assert_array_equal(models.cache_overflow(cache), [True, False])
+  assert np.isnan(logits[0]).all() and np.isfinite(logits[1]).all()
