@@ -8,6 +8,7 @@ with its typed options (`attention.get(name).options`); an
 """
 
 from attention.exact.blockwise import blockwise_attention
+from attention.flax_slot import attention_fn
 from attention.memory.infini import infini_attention
 from attention.memory import infini_decoding  # registers infini
 from attention import masks
@@ -23,6 +24,7 @@ from attention.spec import AttentionSpec
 
 __all__ = [
     'AttentionSpec',
+    'attention_fn',
     'Mechanism',
     'blockwise_attention',
     'dot_product_attention',

@@ -82,3 +82,22 @@ def test_nnx_attention_dropout_is_refused_not_ignored(name):
   with pytest.raises(ValueError, match='dropout'):
     layer(x, deterministic=False)
   assert layer(x, deterministic=True).shape == (B, T, D)
+
+
+def test_a_partial_is_silently_non_causal_attention_fn_is_not():
+  """NNX passes is_causal on every call, overriding a partial's setting;
+  attention.attention_fn keeps it (and checks its options when built)."""
+  x, _ = inputs()
+  make = functools.partial(nnx.MultiHeadAttention, num_heads=HEADS,
+                           in_features=D, decode=False)
+  causal = make(rngs=nnx.Rngs(0), attention_fn=FUNCTIONS['blockwise'])
+  want = nnx.jit(lambda m: m(x, is_causal=True))(causal)
+  trap = make(rngs=nnx.Rngs(0), attention_fn=functools.partial(
+      FUNCTIONS['blockwise'], is_causal=True))
+  assert not np.allclose(nnx.jit(lambda m: m(x))(trap), want, atol=1e-3)
+  slot = make(rngs=nnx.Rngs(0), attention_fn=attention.attention_fn(
+      'blockwise', is_causal=True, query_chunk_size=16, key_chunk_size=7))
+  np.testing.assert_allclose(nnx.jit(lambda m: m(x))(slot), want,
+                             atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="unknown option 'query_chunk'"):
+    attention.attention_fn('blockwise', query_chunk=16)
