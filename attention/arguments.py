@@ -8,6 +8,7 @@ Each public attention function calls `parse` first: it applies Flax's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -195,3 +196,44 @@ def check_flax_options(name, *, dropout_rate, deterministic, module):
     raise ValueError(
         f'{name} cannot sow attention weights into module={module!r}: set '
         'the Flax layer\'s sow_weights=False.')
+
+
+def any_batch_rank(fn):
+  """Lets an attention function take the ranks `jax.nn` and Flax pass.
+
+  `query [T, N, H]` (unbatched, as `jax.nn.dot_product_attention` allows)
+  or `[*batch, T, N, H]` (any number of leading batch axes, as Flax's
+  layers pass) with keys and values of the same rank: the batch axes are
+  flattened into one B for the call and restored on the output. A bias or
+  boolean mask of more than 4 axes broadcasts over the batch axes and is
+  flattened with them; sequence lengths of shape `batch` likewise. Rank 4
+  goes straight through.
+  """
+
+  @functools.wraps(fn)
+  def wrapper(query, key, value, bias=None, mask=None, *args, **kwargs):
+    rank = jnp.ndim(query)
+    if rank == 4 or rank < 3:  # rank errors are the checks' to raise
+      return fn(query, key, value, bias, mask, *args, **kwargs)
+    for name, x in (('key', key), ('value', value)):
+      if jnp.ndim(x) != rank:
+        raise ValueError(f'{name} must have the rank of query ({rank}: '
+                         f'[*batch, S, K, H]), got shape {jnp.shape(x)}')
+    batch = tuple(query.shape[:-3])
+    size = math.prod(batch)
+    flat = lambda x: jnp.reshape(x, (size,) + tuple(x.shape[-3:]))
+
+    def flat_bnts(x):
+      if x is None or rank == 3 or not hasattr(x, 'ndim') or x.ndim < 3:
+        return x  # broadcasts as a rank-4 argument does (or a Mask object)
+      x = jnp.broadcast_to(x, batch + tuple(x.shape[-3:]))
+      return jnp.reshape(x, (size,) + tuple(x.shape[-3:]))
+
+    for name in ('query_seq_lengths', 'key_value_seq_lengths'):
+      if kwargs.get(name) is not None:
+        kwargs[name] = jnp.reshape(jnp.asarray(kwargs[name]), (size,))
+    out = fn(flat(query), flat(key), flat(value), flat_bnts(bias),
+             flat_bnts(mask), *args, **kwargs)
+    return jnp.reshape(out, batch + tuple(out.shape[1:]))
+
+  return wrapper

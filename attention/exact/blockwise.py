@@ -217,6 +217,7 @@ class BlockwiseOptions(options_lib.Options):
                                      getattr(self, name))
 
 
+@arguments.any_batch_rank
 @options_lib.takes(BlockwiseOptions)
 def blockwise_attention(query, key, value, bias=None, mask=None, *,
                         scale=None, is_causal=False, query_seq_lengths=None,

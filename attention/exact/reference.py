@@ -28,6 +28,7 @@ def group_heads(array, dims: shapes.Dims):
   return array.reshape(b, dims.K, dims.G, t, s)
 
 
+@arguments.any_batch_rank
 @options_lib.takes(options_lib.NoOptions)
 def dot_product_attention(query, key, value, bias=None, mask=None, *,
                           scale=None, is_causal=False, query_seq_lengths=None,

@@ -83,6 +83,7 @@ def draw_rotations(rng, head_dim: int, num_hashes: int, num_buckets: int):
                            jnp.float32)
 
 
+@arguments.any_batch_rank
 @options_lib.takes(LSHOptions)
 def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
                   is_causal=False, query_seq_lengths=None,

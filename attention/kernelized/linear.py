@@ -79,6 +79,7 @@ def _features(feature_map, scale):
                        phi(k.astype(jnp.float32)), None)
 
 
+@arguments.any_batch_rank
 @options_lib.takes(LinearOptions)
 def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
                      is_causal=False, query_seq_lengths=None,

@@ -144,6 +144,7 @@ def _features(args, kernel, projection, num_features, orthogonal):
   return query_key_features
 
 
+@arguments.any_batch_rank
 @options_lib.takes(PerformerOptions)
 def performer_attention(query, key, value, bias=None, mask=None, *,
                         scale=None, is_causal=False, query_seq_lengths=None,

@@ -231,6 +231,7 @@ def scan_segments(query, key, value, memory: Memory | None = None,
   return out[:, :T], memory
 
 
+@arguments.any_batch_rank
 @options_lib.takes(InfiniOptions)
 def infini_attention(query, key, value, bias=None, mask=None, *, scale=None,
                      is_causal=True, query_seq_lengths=None,

@@ -111,6 +111,7 @@ def _scan(query, key, value, cache_k, cache_v, cached, lengths, *, L,
   return out[:, :T], cache_k, cache_v
 
 
+@arguments.any_batch_rank
 @options_lib.takes(XLOptions)
 def xl_attention(query, key, value, bias=None, mask=None, *, scale=None,
                  is_causal=True, query_seq_lengths=None,

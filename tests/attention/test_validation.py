@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import attention
@@ -15,7 +16,8 @@ def qkv(query=(B, T, N, H), key=(B, S, K, H), value=(B, S, K, H)):
 
 
 SHAPE_ERRORS = [
-    (dict(query=(B, T, N * H)), {}, 'query must be'),
+    (dict(query=(B, T, N * H)), {}, 'key must have the rank of query'),
+    (dict(query=(T, N * H)), {}, 'query must be'),
     (dict(key=(B, S, K, H + 1)), {}, 'key must be'),
     (dict(key=(B, S, 3, H), value=(B, S, 3, H)), {}, 'multiple of key/value'),
     (dict(value=(B, S + 1, K, H)), {}, 'value must'),
@@ -153,3 +155,35 @@ def test_empty_sequences_give_empty_or_zero_outputs(name):
     grads = jax.grad(lambda q, k, v: mechanism(q, k, v, is_causal=causal)
                      .sum(), argnums=(0, 1, 2))(q, kv, kv)
     assert [g.shape for g in grads] == [q.shape, kv.shape, kv.shape]
+
+
+@pytest.mark.parametrize('name', attention.names())
+def test_unbatched_and_many_batch_axes_as_jax_nn_and_flax_pass_them(name):
+  """[T, N, H] as jax.nn allows, [*batch, T, N, H] as Flax layers pass:
+  the same as the rank-4 call on the flattened batch."""
+  mechanism = attention.get(name)
+  keys = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(keys[0], (2, 3, T, N, H))
+  k, v = (jax.random.normal(x, (2, 3, T, K, H)) for x in keys[1:])
+  flat = lambda x: x.reshape((6,) + x.shape[2:])
+  causal = dict(is_causal=True)
+  want = mechanism(flat(q), flat(k), flat(v), **causal)
+  np.testing.assert_allclose(mechanism(q, k, v, **causal),
+                             want.reshape(q.shape), atol=1e-6)
+  np.testing.assert_allclose(mechanism(q[0, 1], k[0, 1], v[0, 1], **causal),
+                             want[1], atol=1e-6)
+  if name in ('dot_product', 'blockwise'):  # jax.nn's unbatched form, masks
+    lengths = jnp.array([[5, 3, 6], [1, 2, 4]])  # lengths of shape batch
+    np.testing.assert_allclose(
+        mechanism(q, k, v, key_value_seq_lengths=lengths, **causal),
+        mechanism(flat(q), flat(k), flat(v),
+                  key_value_seq_lengths=lengths.reshape(6), **causal
+                  ).reshape(q.shape), atol=1e-6)
+    np.testing.assert_allclose(
+        mechanism(q[0, 1], k[0, 1], v[0, 1]),
+        jax.nn.dot_product_attention(q[0, 1], k[0, 1], v[0, 1]), atol=1e-5)
+    mask = jax.random.bernoulli(keys[0], 0.7, (2, 3, 1, T, T))
+    np.testing.assert_allclose(
+        mechanism(q, k, v, mask=mask),
+        mechanism(flat(q), flat(k), flat(v), mask=flat(mask)).reshape(
+            q.shape), atol=1e-6)
