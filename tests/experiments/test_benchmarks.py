@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from experiments import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -33,6 +35,7 @@ def test_attention_benchmark(tmp_path):
     assert row['seconds'] > 0 and row['temp_bytes'] > 0 and row['gflops'] > 0
 
 
+@pytest.mark.slow  # a smoke test; make test-slow
 def test_decoding_benchmark(tmp_path):
   output = tmp_path / 'decoding.json'
   run('experiments.benchmark_decoding', '--contexts=16', '--new_tokens=4',
@@ -55,6 +58,7 @@ def test_crossover_is_where_a_mechanism_becomes_and_stays_faster():
       'linear', 'forward', None, 128)
 
 
+@pytest.mark.slow  # a smoke test; make test-slow
 def test_context_benchmark(tmp_path):
   output = tmp_path / 'context.json'
   run('experiments.benchmark_context', '--contexts=16,64', '--new_tokens=2',
@@ -67,6 +71,7 @@ def test_context_benchmark(tmp_path):
   assert all(r['tokens_per_s'] > 0 for r in rows)
 
 
+@pytest.mark.slow  # a smoke test; make test-slow
 def test_stream_benchmark(tmp_path):
   output = tmp_path / 'stream.json'
   stdout = run('experiments.benchmark_stream', '--lengths=64,256',

@@ -30,6 +30,7 @@ def test_variants_change_only_the_hashing():
     duplication.variant_config(config, 'lsh')
 
 
+@pytest.mark.slow  # a training run
 def test_train_then_evaluate_with_other_hash_counts(tmp_path):
   config = tiny()
   train_config = duplication.variant_config(config, 'lsh-2')

@@ -43,6 +43,7 @@ def test_variants_and_lengths():
   assert length(4) == 4 * length(1) and length(1) == 121
 
 
+@pytest.mark.slow  # train + three evaluations
 def test_train_evaluate_and_table(tmp_path):
   config = tiny()
   results = {}

@@ -104,11 +104,11 @@ POSITIONS = ['rope', 'alibi', 'sinusoidal', 'learned', 'none']
 # ALiBi runs with a logit soft-cap here; mechanisms without logits refuse
 # both (test_mechanisms_refuse_alibi_and_soft_cap_by_name).
 # Positions are the model's, the same code for every mechanism: blockwise
-# runs each of them by default, the others RoPE (the cross product in the
-# slow suite).
+# runs RoPE, ALiBi and a learned table by default, the others RoPE (the
+# cross product, sinusoidal and none included, in the slow suite).
 DECODING_CASES = [
-    pytest.param(m, p, marks=() if m == 'blockwise' or p == 'rope'
-                 else pytest.mark.slow)
+    pytest.param(m, p, marks=() if (m == 'blockwise' and p in (
+        'rope', 'alibi', 'learned')) or p == 'rope' else pytest.mark.slow)
     for m in DECODABLE for p in POSITIONS
     if p != 'alibi' or 'alibi_slopes' not in attention.get(m).refuses]
 

@@ -57,7 +57,9 @@ def _gradient_error(name, T):
              for g, w in zip(got, want))
 
 
-@pytest.mark.parametrize('name', sorted(MECHANISMS))
+@pytest.mark.parametrize('name', [  # the Performer's in make test-slow
+    pytest.param(n, marks=pytest.mark.slow) if n == 'performer' else n
+    for n in sorted(MECHANISMS)])
 def test_gradient_error_does_not_grow_with_length(name):
   with jax.enable_x64(True):
     short, long = _gradient_error(name, 256), _gradient_error(name, 8192)
