@@ -14,6 +14,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from attention import options as options_lib
 from attention import scores
 from attention import shapes
 
@@ -155,8 +156,7 @@ def default_scale(scale, head_dim: int) -> float:
 
 def check_positive_int(name: str, value):
   """Raises ValueError unless `value` is a positive int (bools are not)."""
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f'{name} must be a positive int, got {value!r}')
+  options_lib.check_positive_int(None, name, value)
 
 
 # The shared options that only a mechanism forming attention logits honours.

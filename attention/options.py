@@ -46,15 +46,17 @@ def unknown_message(where: str, unknown, valid, others=()) -> str:
   return f'{where}: unknown {noun} {", ".join(parts)}; {listed}'
 
 
-def check_positive_int(where: str, name: str, value, *, allow_none=False,
-                       allow_zero=False):
-  """ValueError unless `value` is a positive int (or None / 0 if allowed)."""
+def check_positive_int(where: str | None, name: str, value, *,
+                       allow_none=False, allow_zero=False):
+  """ValueError unless `value` is a positive int (or None / 0 if allowed);
+  the message starts with `where` when given."""
   if value is None and allow_none:
     return
   low = 0 if allow_zero else 1
   if isinstance(value, bool) or not isinstance(value, int) or value < low:
     what = 'a non-negative' if allow_zero else 'a positive'
-    raise ValueError(f'{where}: {name} must be {what} int, got {value!r}')
+    prefix = f'{where}: ' if where else ''
+    raise ValueError(f'{prefix}{name} must be {what} int, got {value!r}')
 
 
 def check_choice(where: str, name: str, value, choices):

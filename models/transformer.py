@@ -18,9 +18,9 @@ from __future__ import annotations
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attention import positional
+from attention.shapes import concrete
 from attention.decoding import kv_cache
 from models.block import Block, make_norm
 from models.config import TransformerConfig
@@ -70,15 +70,6 @@ def cache_overflow(cache) -> jax.Array:
     if flag is not None:
       overflow = overflow | flag
   return overflow
-
-
-def concrete(x):
-  """`x` as a NumPy array, or None while it is being traced."""
-  try:
-    return np.asarray(x)
-  except (jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
-    return None
 
 
 def check_range(name: str, values, size: int, size_name: str):

@@ -28,13 +28,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from attention import arguments
 from attention import options as options_lib
 from attention.decoding import ring_cache
 from attention import scores
+from attention import shapes
 
 
 
@@ -82,11 +82,10 @@ def check_room(state, num_new_B) -> None:
   step runs); traced values are not checked (see `overflowed`)."""
   if not isinstance(state, KVCache):
     return
-  try:
-    length = np.asarray(state.length) + np.asarray(num_new_B)
-  except (jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
+  length, num_new = shapes.concrete(state.length), shapes.concrete(num_new_B)
+  if length is None or num_new is None:
     return
+  length = length + num_new
   max_length = state.key.shape[1]
   if (length > max_length).any():
     raise ValueError(f'the decoding cache holds max_length={max_length} '
