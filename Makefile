@@ -6,15 +6,16 @@ STAMP := $(VENV)/.installed
 # pytest-xdist workers; CI has 2 cores.
 WORKERS ?= 2
 
-.PHONY: install test test-slow benchmark train clean
+.PHONY: install test test-slow benchmark train clean constraints
 
 # make train WORKDIR=...: rerunning with a workdir that has a checkpoint resumes.
 WORKDIR ?= workdir/default
 
-$(STAMP): setup.cfg pyproject.toml
+# constraints.txt pins the versions CI tests (setup.cfg's lower bounds).
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,11 +28,16 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow tests
 
 train: $(STAMP)
-	$(PY) -m experiments.main --config=experiments/configs/default.py --workdir=$(WORKDIR)
+	$(PY) -m efficient_attention.experiments.main --workdir=$(WORKDIR)
 
 # The README benchmark table; see experiments/benchmark.py for the flags.
 benchmark: $(STAMP)
-	$(PY) -m experiments.benchmark --output=benchmark.json
+	$(PY) -m efficient_attention.experiments.benchmark --output=benchmark.json
+
+# After upgrading .venv's packages and passing the suite: pin what passed.
+constraints: $(STAMP)
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^efficient'; } > constraints.new
+	mv constraints.new constraints.txt
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -7,20 +7,20 @@ with its typed options (`attention.get(name).options`); an
 `AttentionSpec` holds a mechanism, its options, a mask and scores.
 """
 
-from attention.exact.blockwise import blockwise_attention
-from attention.flax_slot import attention_fn
-from attention.memory.infini import infini_attention
-from attention.memory import infini_decoding  # registers infini
-from attention import masks
-from attention import options
-from attention import scores
-from attention.kernelized.linear import linear_attention
-from attention.hashing.lsh import lsh_attention
-from attention.kernelized.performer import draw_projection, performer_attention
-from attention.exact.reference import dot_product_attention
-from attention.memory.xl import xl_attention
-from attention.registry import Mechanism, get, names, register
-from attention.spec import AttentionSpec
+from efficient_attention.attention.exact.blockwise import blockwise_attention
+from efficient_attention.attention.flax_slot import attention_fn
+from efficient_attention.attention.memory.infini import infini_attention
+from efficient_attention.attention.memory import infini_decoding  # registers infini
+from efficient_attention.attention import masks
+from efficient_attention.attention import options
+from efficient_attention.attention import scores
+from efficient_attention.attention.kernelized.linear import linear_attention
+from efficient_attention.attention.hashing.lsh import lsh_attention
+from efficient_attention.attention.kernelized.performer import draw_projection, performer_attention
+from efficient_attention.attention.exact.reference import dot_product_attention
+from efficient_attention.attention.memory.xl import xl_attention
+from efficient_attention.attention.registry import Mechanism, get, names, register
+from efficient_attention.attention.spec import AttentionSpec
 
 __all__ = [
     'AttentionSpec',

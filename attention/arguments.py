@@ -12,11 +12,12 @@ import functools
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
-from attention import options as options_lib
-from attention import scores
-from attention import shapes
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention import scores
+from efficient_attention.attention import shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +36,26 @@ class Arguments:
   logits_soft_cap: float | None = None
 
 
+# The mechanisms with a softmax over all keys, hence a log-sum-exp to return.
+WITH_RESIDUAL = ('dot_product_attention', 'blockwise_attention')
+# The mechanisms that form attention weights, hence can sow them.
+SOWING = ('dot_product_attention',)
+
+
 def parse(name, query, key, value, *, scale, local_window_size,
           query_seq_lengths, key_value_seq_lengths, dtype, dropout_rate,
           deterministic, module, alibi_slopes=None,
-          logits_soft_cap=None) -> Arguments:
+          logits_soft_cap=None, return_residual=False) -> Arguments:
   """Checks and normalises the shared arguments of mechanism `name`."""
   check_flax_options(name, dropout_rate=dropout_rate,
-                     deterministic=deterministic, module=module)
+                     deterministic=deterministic,
+                     module=None if name in SOWING else module)
+  if return_residual and name not in WITH_RESIDUAL:
+    raise ValueError(
+        f'{name} has no log-sum-exp over the keys to return '
+        '(return_residual=True): it is defined for softmax attention over '
+        'all keys, which dot_product_attention and blockwise_attention '
+        'compute')
   if dtype is not None:
     query, key, value = (jnp.asarray(x, dtype) for x in (query, key, value))
   dims = shapes.check_qkv(query, key, value)
@@ -70,11 +84,21 @@ def parse(name, query, key, value, *, scale, local_window_size,
                    logits_soft_cap=logits_soft_cap and float(logits_soft_cap))
 
 
-def empty_output(args: Arguments):
+def empty_output(args: Arguments, return_residual: bool = False):
   """The output when T = 0 (empty, as in `jax.nn`) or S = 0 (every query
-  sees no key: zeros, the rule for such rows)."""
+  sees no key: zeros, the rule for such rows; log-sum-exp -inf)."""
   d = args.dims
-  return jnp.zeros((d.B, d.T, d.N, d.H), args.query.dtype)
+  out = jnp.zeros((d.B, d.T, d.N, d.H), args.query.dtype)
+  if return_residual:
+    return out, jnp.full((d.B, d.T, d.N), -jnp.inf, args.query.dtype)
+  return out
+
+
+def residual(lse_BTN, dtype):
+  """The `return_residual` array, as `jax.nn` returns it: the log-sum-exp
+  of each query's scaled, masked logits `[B, T, N]`, in the output dtype,
+  without gradient; -inf for a query that sees no key."""
+  return jax.lax.stop_gradient(lse_BTN).astype(dtype)
 
 
 def zero_past(x_BLKH, lengths):
@@ -185,7 +209,8 @@ def check_flax_options(name, *, dropout_rate, deterministic, module):
 
   `dropout_rng`, `broadcast_dropout`, `dtype` and `precision` are accepted by
   the callers; a non-zero attention dropout rate while not deterministic, and
-  a `module` to sow attention weights into (no kernel here forms them), raise.
+  a `module` to sow attention weights into (only `dot_product_attention`
+  forms them; `parse` passes None for it), raise.
   """
   if dropout_rate and not deterministic:
     raise ValueError(
@@ -232,8 +257,25 @@ def any_batch_rank(fn):
     for name in ('query_seq_lengths', 'key_value_seq_lengths'):
       if kwargs.get(name) is not None:
         kwargs[name] = jnp.reshape(jnp.asarray(kwargs[name]), (size,))
+    if kwargs.get('module') is not None:  # weights sown with batch axes
+      kwargs['module'] = _BatchedModule(kwargs['module'], batch)
     out = fn(flat(query), flat(key), flat(value), flat_bnts(bias),
              flat_bnts(mask), *args, **kwargs)
-    return jnp.reshape(out, batch + tuple(out.shape[1:]))
+    unflat = lambda x: jnp.reshape(x, batch + tuple(x.shape[1:]))
+    if isinstance(out, tuple):  # (output, residual)
+      return tuple(unflat(x) for x in out)
+    return unflat(out)
 
   return wrapper
+
+
+class _BatchedModule:
+  """A Flax module seen through `any_batch_rank`: what is sown gets the
+  caller's batch axes back (`[*batch, N, T, S]`, or `[N, T, S]`)."""
+
+  def __init__(self, module, batch):
+    self.module, self.batch = module, batch
+
+  def sow(self, collection, name, value, *args, **kwargs):
+    value = jnp.reshape(value, self.batch + tuple(value.shape[1:]))
+    return self.module.sow(collection, name, value, *args, **kwargs)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from attention import options as options_lib
-from attention import registry
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention import registry
 
 
 def attention_fn(mechanism: str | Callable[..., Any] = 'blockwise', /, *,

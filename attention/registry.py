@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from attention import options as options_lib
+from efficient_attention.attention import options as options_lib
 
 _REGISTRY: dict[str, 'Mechanism'] = {}
 
@@ -59,8 +59,11 @@ class Mechanism:
     return self.fn(query, key, value, *args, **kwargs)
 
 
-def register(name: str, fn: Callable[..., Any], *, options,
-             init_state=None, step=None, exact=True, refuses=()):
+def register(name: str, fn: Callable[..., Any], *,
+             options: type[options_lib.Options],
+             init_state: Callable[..., Any] | None = None,
+             step: Callable[..., Any] | None = None, exact: bool = True,
+             refuses: tuple[str, ...] = ()) -> None:
   """Registers `fn` (and its decoding pair) under `name`.
 
   `fn`, `init_state` and `step` take `options` (an `Options` subclass):

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from attention.masks.base import pytree
+from efficient_attention.attention.masks.base import pytree
 
 
 class Score:

@@ -27,10 +27,10 @@ import ast
 import dataclasses
 from typing import Any
 
-from attention import masks
-from attention import options as options_lib
-from attention import registry
-from attention import scores as scores_lib
+from efficient_attention.attention import masks
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention import registry
+from efficient_attention.attention import scores as scores_lib
 
 MASKS = {
     'causal': masks.causal,

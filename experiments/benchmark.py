@@ -7,7 +7,7 @@ attention must do: forward `4 B N T S H`, halved when causal; forward and
 backward 3.5x that. The machine's float32 matmul rate is measured first, so
 every rate reads as a fraction of it.
 
-  python -m experiments.benchmark --lengths=1024,4096 --modes=forward
+  python -m efficient_attention.experiments.benchmark --lengths=1024,4096 --modes=forward
 
 After the table, the crossover of each mechanism against
 `--crossover_against` (blockwise exact attention): the measured lengths
@@ -29,8 +29,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-import attention
-from experiments import timing
+from efficient_attention import attention
+from efficient_attention.experiments import timing
 
 _MECHANISMS = flags.DEFINE_list('mechanisms', ['blockwise'],
                                 'Registered mechanism names to measure.')

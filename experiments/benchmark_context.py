@@ -12,7 +12,7 @@ states are `[B, K, F, H]` whatever C, O(1).
 Mechanisms are compiled and warmed up, then timed alternately
 (`experiments.timing`); tokens/s from the median of `--repeats` runs.
 
-  python -m experiments.benchmark_context --contexts=1024,8192,65536 \
+  python -m efficient_attention.experiments.benchmark_context --contexts=1024,8192,65536 \
       --mechanisms=blockwise,linear,performer
 """
 
@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import attention
-import models
-from experiments import timing
+from efficient_attention import attention
+from efficient_attention import models
+from efficient_attention.experiments import timing
 
 _CONTEXTS = flags.DEFINE_list('contexts', ['1024', '8192', '65536'],
                               'Tokens already in the cache, C.')

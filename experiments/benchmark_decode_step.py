@@ -8,7 +8,7 @@ temporary memory shows whether it allocates anything of the cache's size.
 Each length is compiled and warmed up first, then timed alternately
 (`experiments.timing`), median of `--repeats` rounds of `--steps` steps.
 
-  python -m experiments.benchmark_decode_step --max_lengths=2048,32768
+  python -m efficient_attention.experiments.benchmark_decode_step --max_lengths=2048,32768
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-import attention
-from experiments import timing
+from efficient_attention import attention
+from efficient_attention.experiments import timing
 
 _LENGTHS = flags.DEFINE_list('max_lengths', ['2048', '32768'],
                              'Cache sizes (max_length).')

@@ -12,7 +12,7 @@ Both are compiled and warmed up first, then timed alternately
 (`experiments.timing`); tokens/s counts generated tokens only, from the
 median of `--repeats` runs; the two outputs must agree.
 
-  python -m experiments.benchmark_decoding --contexts=1024,4096
+  python -m efficient_attention.experiments.benchmark_decoding --contexts=1024,4096
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import models
-from experiments import timing
+from efficient_attention import models
+from efficient_attention.experiments import timing
 
 _CONTEXTS = flags.DEFINE_list('contexts', ['1024', '4096'],
                               'Prompt lengths C.')

@@ -8,8 +8,8 @@ tile summary at the kernel's chunk sizes); "time vs causal" divided by
 "tiles vs causal" says how close time is to proportional to the work kept
 (1.0: exactly proportional).
 
-  python -m experiments.benchmark_masks --lengths=4096,16384
-  python -m experiments.benchmark_masks --lengths=65536 --modes=forward
+  python -m efficient_attention.experiments.benchmark_masks --lengths=4096,16384
+  python -m efficient_attention.experiments.benchmark_masks --lengths=65536 --modes=forward
 
 Masks: causal; causal sliding window of 512 tokens; causal within 8 equal
 documents (segment ids, on device); Sparse Transformer strided (a window of
@@ -27,9 +27,9 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-import attention
-from attention import masks
-from experiments import timing
+from efficient_attention import attention
+from efficient_attention.attention import masks
+from efficient_attention.experiments import timing
 
 _LENGTHS = flags.DEFINE_list('lengths', ['4096', '16384'], 'N = T = S.')
 _MASKS = flags.DEFINE_list(

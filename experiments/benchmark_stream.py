@@ -10,7 +10,7 @@ the inputs and the output: those are 4 B T N H f32 values whatever the
 mechanism), the inputs' and output's size, and tokens/s from the median of
 `--repeats` runs after a warm-up (`experiments.timing`).
 
-  python -m experiments.benchmark_stream \
+  python -m efficient_attention.experiments.benchmark_stream \
       --lengths=8192,65536,262144,1048576 --output=stream.json
 """
 
@@ -24,8 +24,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-import attention
-from experiments import timing
+from efficient_attention import attention
+from efficient_attention.experiments import timing
 
 _LENGTHS = flags.DEFINE_list('lengths', ['8192', '65536', '262144',
                                          '1048576'], 'Total lengths T.')

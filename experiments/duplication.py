@@ -7,7 +7,7 @@ examples the training never drew. Every evaluation batch draws new hashes.
 Prints a markdown table of the accuracy on the second copy's tokens, and
 in brackets the share of sequences whose whole second copy is right.
 
-  python -m experiments.duplication --workdir=/tmp/duplication
+  python -m efficient_attention.experiments.duplication --workdir=/tmp/duplication
 
 "Full" is `lsh` with one chunk over the whole sequence: exact shared-QK
 attention, the same parameters as LSH. Rerunning with the same workdir
@@ -24,11 +24,15 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments import duplication_eval
-from experiments import train
+from efficient_attention.experiments import cli
+from efficient_attention.experiments import configs
+from efficient_attention.experiments import duplication_eval
+from efficient_attention.experiments import train
 
+if __name__ == '__main__':  # ml_collections parses overrides right here
+  cli.check_overrides()
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/duplication.py', 'Experiment config file.',
+    'config', configs.path('duplication'), 'Experiment config file.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/duplication',
                                'One training run per variant goes here.')
@@ -63,4 +67,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

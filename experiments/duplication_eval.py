@@ -13,11 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import tasks
-from experiments import train
-import models
-
-
+from efficient_attention.experiments import tasks
+from efficient_attention.experiments import train
+from efficient_attention import models
 def variant_config(config, variant: str):
   """`config` with the attention options of `variant` ('full' or 'lsh-P')."""
   options = dict(config.model.attention_options)

@@ -6,7 +6,7 @@ query rows, key columns, dark where visible) beside its block layout at
 visible and masked elementwise, black fully visible, no mask), and the
 same layout as text.
 
-  python -m experiments.mask_pictures --output_dir=docs/images
+  python -m efficient_attention.experiments.mask_pictures --output_dir=docs/images
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from absl import flags
 import jax.numpy as jnp
 import numpy as np
 
-from attention import masks
+from efficient_attention.attention import masks
 
 _OUTPUT = flags.DEFINE_string('output_dir', 'docs/images', 'Where to write.')
 _LENGTH = flags.DEFINE_integer('length', 64, 'T = S of the pictures.')

@@ -13,9 +13,8 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from attention.spec import AttentionSpec
-import models
-
+from efficient_attention.attention.spec import AttentionSpec
+from efficient_attention import models
 DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 
 # The experiment config's fields of one attention spec (a pattern entry

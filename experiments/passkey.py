@@ -10,7 +10,7 @@ segment by segment: tests/models/test_streaming.py). Prints a markdown
 table of the share of examples whose five digits are all predicted right
 (teacher forced), and in brackets the share of digits.
 
-  python -m experiments.passkey --workdir=/tmp/passkey
+  python -m efficient_attention.experiments.passkey --workdir=/tmp/passkey
 
 Rerunning with the same workdir resumes unfinished training runs and
 reuses finished ones. The pieces are in `experiments/passkey_eval.py`.
@@ -27,11 +27,15 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments import passkey_eval
-from experiments import train
+from efficient_attention.experiments import cli
+from efficient_attention.experiments import configs
+from efficient_attention.experiments import passkey_eval
+from efficient_attention.experiments import train
 
+if __name__ == '__main__':  # ml_collections parses overrides right here
+  cli.check_overrides()
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/passkey.py', 'Experiment config file.',
+    'config', configs.path('passkey'), 'Experiment config file.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/passkey',
                                'One training run per variant goes here.')
@@ -71,4 +75,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import tasks
-from experiments import train
+from efficient_attention.experiments import tasks
+from efficient_attention.experiments import train
 
 KEY_DIGITS = 5
 

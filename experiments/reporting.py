@@ -22,8 +22,9 @@ class Reporter:
   """Writes metrics to `workdir/metrics.jsonl` and progress to the console."""
 
   def __init__(self, workdir: str, total_steps: int, tokens_per_step: int,
-               start_step: int = 0):
+               start_step: int = 0, max_seconds: float = 0.0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.max_seconds = max_seconds  # 0: no time cap
     self.torn = repair(self.path)
     self.total_steps, self.tokens_per_step = total_steps, tokens_per_step
     self.tty = sys.stdout.isatty()
@@ -46,16 +47,25 @@ class Reporter:
       for name, value in metrics.items():
         self.tensorboard.add_scalar(name, value, step)
 
-  def progress(self, step: int, loss: float):
-    """A progress line (a live bar on a terminal) with rate and ETA."""
+  def progress(self, step: int, loss: float, elapsed: float = 0.0):
+    """A progress line (a live bar on a terminal) with rate and ETA.
+
+    With a time cap (`max_seconds`) that the current rate would hit first,
+    the ETA is the cap's, and the line says at about which step it stops.
+    """
     now = time.perf_counter()
     steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
     self.last_time, self.last_step = now, step
     eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
+    capped = ''
+    if self.max_seconds and elapsed + eta > self.max_seconds:
+      eta = max(self.max_seconds - elapsed, 0.0)
+      capped = (f' (max_seconds cap: stops near step '
+                f'{min(step + round(eta * steps_per_s), self.total_steps)})')
     line = (f'step {step}/{self.total_steps}  loss {loss:.4f}  '
             f'{steps_per_s:.2f} steps/s  '
             f'{steps_per_s * self.tokens_per_step:,.0f} tokens/s  '
-            f'ETA {eta:.0f}s')
+            f'ETA {eta:.0f}s{capped}')
     if self.tty:
       done = int(30 * step / self.total_steps)
       print(f'\r[{"#" * done}{"." * (30 - done)}] {line}', end='', flush=True)

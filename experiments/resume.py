@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from experiments import checkpoints
-from experiments import validation
+from efficient_attention.experiments import checkpoints
+from efficient_attention.experiments import validation
 
 
 class ConfigMismatch(ValueError):

@@ -32,17 +32,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from experiments import checkpoints
-from experiments import data as data_lib
-from experiments import preemption
-from experiments import reporting
-from experiments import resume
-from experiments import model_config
-from experiments import tasks
-from experiments import validation
-from experiments import workdir_lock
-import models
-
+from efficient_attention.experiments import checkpoints
+from efficient_attention.experiments import data as data_lib
+from efficient_attention.experiments import preemption
+from efficient_attention.experiments import reporting
+from efficient_attention.experiments import resume
+from efficient_attention.experiments import model_config
+from efficient_attention.experiments import tasks
+from efficient_attention.experiments import validation
+from efficient_attention.experiments import workdir_lock
+from efficient_attention import models
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -206,7 +205,7 @@ def abstract_state(state, sharding=None):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       wait_for_lock: float = 0.0):
+                       wait_for_lock: float = 0.0) -> dict[str, float]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if it can.
 
   What it guarantees (README, "What a run survives"): the config and data
@@ -288,9 +287,17 @@ def _train(config, workdir, corpus, stop, stale):
   config_json = resume.config_dict(config)
   checkpoints.write_json(os.path.join(workdir, 'config.json'), config_json)
   step = int(state['step'])
+  if step >= t.num_steps:  # a finished run, started again: report, exit
+    final = _recorded_eval(workdir, step)
+    if final is not None:
+      print(f'already finished: step {step} of {t.num_steps}, '
+            f'{_summary(final)}; nothing to do (metrics in '
+            f'{os.path.join(workdir, "metrics.jsonl")}; a new run needs '
+            'another --workdir)', flush=True)
+      return final
   reporter = reporting.Reporter(workdir, t.num_steps,
                                 t.batch_size * config.data.sequence_length,
-                                start_step=step)
+                                start_step=step, max_seconds=t.max_seconds)
   reporter.write(step, event='start')
   notes = _start_notes(found, stale, reporter, step)
   print(f'{"resuming at" if step else "starting"} step {step} of '
@@ -315,29 +322,52 @@ def _train(config, workdir, corpus, stop, stale):
     saver(step, state, force=True)
   saver(None, None)  # waits for the saves in flight
   if reason in ('SIGTERM', 'SIGINT', 'preemption'):
-    reporter.write(step, event='end', reason=reason)
+    reporter.write(step, event='end', reason=reason, finished=False,
+                   num_steps=t.num_steps)
     reporter.close()
     print(f'stopped at step {step} of {t.num_steps} ({reason}): its '
           f'checkpoint is saved in {mngr.directory}; run the same command '
           'again to resume', flush=True)
     raise preemption.Interrupted(stop.signum or signal.SIGTERM, step)
-  final = last_eval
+  final = last_eval or _recorded_eval(workdir, step)
   if final is None:
     final = run.evaluate(state)
     reporter.write(step, **final)
+  finished = step >= t.num_steps
+  why = None
   if reason == 'max_seconds':
-    notes.append(f'stopped early by config.train.max_seconds='
-                 f'{t.max_seconds:g}, at step {step} of {t.num_steps}')
-  reporter.write(step, event='end', reason=reason)
+    why = (f'config.train.max_seconds={t.max_seconds:g} of training ran '
+           'out (0 removes the cap)')
+  reporter.write(step, event='end', reason=reason, finished=finished,
+                 num_steps=t.num_steps, **({'why': why} if why else {}))
   reporter.close()
   plot = reporting.plot(workdir)
-  print(f'done: step {step}, validation loss {final["eval_loss"]:.4f}, '
-        f'{final["eval_bpb"]:.3f} bits/byte, accuracy '
-        f'{final["eval_accuracy"]:.3f}; checkpoints in {mngr.directory}, '
-        f'metrics in {reporter.path}, plot {plot}', flush=True)
+  head = ('done' if finished else
+          f'STOPPED EARLY at step {step} of {t.num_steps} ({why}); the '
+          'learning-rate schedule did not finish; run the same command '
+          'again to go on')
+  print(f'{head}: step {step}, {_summary(final)}; checkpoints in '
+        f'{mngr.directory}, metrics in {reporter.path}, plot {plot}',
+        flush=True)
   for note in notes:
     print(f'note: {note}', flush=True)
   return final
+
+
+def _summary(final: dict) -> str:
+  return (f'validation loss {final["eval_loss"]:.4f}, '
+          f'{final["eval_bpb"]:.3f} bits/byte, accuracy '
+          f'{final["eval_accuracy"]:.3f}')
+
+
+def _recorded_eval(workdir: str, step: int) -> dict | None:
+  """The evaluation metrics metrics.jsonl holds for `step`, if any (so a
+  restart never evaluates, nor records, the same step twice)."""
+  rows = [r for r in reporting.read_metrics(workdir)
+          if r['step'] == step and 'eval_loss' in r]
+  if not rows:
+    return None
+  return {k: rows[-1][k] for k in ('eval_loss', 'eval_accuracy', 'eval_bpb')}
 
 
 def _save(mngr, config_json, step, state, force=False):
@@ -373,7 +403,7 @@ def _loop(run, state, step, saver, mngr, reporter, stop):
     if stop.signum is not None:
       reason = stop.name
       break
-    if time.perf_counter() - start >= t.max_seconds:
+    if t.max_seconds and time.perf_counter() - start >= t.max_seconds:
       reason = 'max_seconds'
       break
     state, metrics = run.train_step(state, *run.batch(step))
@@ -385,7 +415,7 @@ def _loop(run, state, step, saver, mngr, reporter, stop):
       reporter.write(step, train_loss=loss, train_bpb=loss / math.log(2),
                      train_accuracy=float(np.mean(
                          [float(m['accuracy']) for m in window])))
-      reporter.progress(step, loss)
+      reporter.progress(step, loss, elapsed=time.perf_counter() - start)
       window = []
     if step % t.eval_every == 0:
       last_eval = run.evaluate(state)

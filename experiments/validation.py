@@ -23,10 +23,10 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-import attention
-from experiments import model_config as model_config_lib
-from experiments import tasks
-from models import config as model_config
+from efficient_attention import attention
+from efficient_attention.experiments import model_config as model_config_lib
+from efficient_attention.experiments import tasks
+from efficient_attention.models import config as model_config
 
 SCHEDULES = ('cosine', 'rsqrt')
 SOURCES = ('stdlib', 'file') + tuple(tasks.TASKS)
@@ -129,7 +129,7 @@ SCHEMA: dict[str, Field] = {
     'model.shared_qk': Field(bool),
     'train.batch_size': _POSITIVE,
     'train.num_steps': _POSITIVE,
-    'train.max_seconds': Field(float, low=0, open_low=True, finite=False),
+    'train.max_seconds': Field(float, low=0, finite=False),  # 0: no cap
     'train.learning_rate': Field(float, low=0, open_low=True),
     'train.schedule': Field(str, choices=lambda: SCHEDULES),
     'train.warmup_steps': _POSITIVE,
@@ -253,10 +253,52 @@ def _length_problems(config) -> list[str]:
 
 
 def _raise(problems: list[str], what: str):
+  if len(problems) == 1:  # one line: the problem names its field
+    raise ConfigError(f'{what}: {problems[0]}')
   if problems:
     lines = '\n  '.join(problems)
     raise ConfigError(f'{len(problems)} problem{"s" * (len(problems) > 1)} '
                      f'with the {what}:\n  {lines}')
+
+
+def override_problems(argv: list[str], flag: str = 'config') -> list[str]:
+  """Command-line overrides `--config.a.b=...` naming no field of the schema.
+
+  ml_collections raises a bare AttributeError (or KeyError) for these while
+  it parses flags; this names each unknown path and its nearest valid names.
+  Keys under a dict field (`model.attention_options`) are the mechanism's
+  options: set the whole dict (`--config.model.attention_options="{...}"`)
+  so that the typed options can name a misspelt one.
+  """
+  problems = []
+  for arg in argv[1:]:
+    if not arg.startswith(f'--{flag}.'):
+      continue
+    path = arg[len(flag) + 3:].split('=', 1)[0]
+    parent = next((p for p in SCHEMA if path.startswith(p + '.')), None)
+    if parent is not None and SCHEMA[parent].kind is dict:
+      problems.append(
+          f'--{flag}.{path}: {parent} is a dict that cannot gain keys from '
+          f'the command line; set it whole, e.g. --{flag}.{parent}='
+          f'"{{\'{path[len(parent) + 1:]}\': ...}}"')
+    elif path not in SCHEMA:
+      problems.append('--' + _unknown_field(path).replace(
+          'config.', f'{flag}.', 1))
+  return problems
+
+
+def format_config(config) -> str:
+  """Every field of `config` and its value, one `config.path = value` line
+  each, grouped by section (what `--print_config` shows)."""
+  lines = []
+  for path, value in flatten(config).items():
+    section = path.split('.')[0]
+    if not lines or not lines[-1][0] == section:
+      lines.append((section, []))
+    note = SCHEMA[path].allowed() if path in SCHEMA else 'not in the schema'
+    lines[-1][1].append(f'  config.{path} = {value!r}  # {note}')
+  return '\n'.join(f'{section}:\n' + '\n'.join(rows)
+                   for section, rows in lines)
 
 
 def validate_config(config) -> None:

@@ -1,11 +1,11 @@
 """Flax NNX modules that take any `attention` mechanism by registry name."""
 
-from models.layers import (MultiHeadAttention, RandomProjection,
+from efficient_attention.models.layers import (MultiHeadAttention, RandomProjection,
                            attention_layer, redraw_projections)
-from models.block import Block, Mlp
-from models.config import TransformerConfig
-from models.generate import generate, sample
-from models.transformer import (DecoderLM, Encoder, EncoderDecoder,
+from efficient_attention.models.block import Block, Mlp
+from efficient_attention.models.config import TransformerConfig
+from efficient_attention.models.generate import generate, sample
+from efficient_attention.models.transformer import (DecoderLM, Encoder, EncoderDecoder,
                                 cache_overflow, reset_rows)
 
 __all__ = [

@@ -11,8 +11,8 @@ from __future__ import annotations
 from flax import nnx
 import jax
 
-from models import layers
-from models.config import TransformerConfig
+from efficient_attention.models import layers
+from efficient_attention.models.config import TransformerConfig
 
 
 def make_norm(config: TransformerConfig, rngs):

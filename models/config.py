@@ -7,7 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from attention.spec import AttentionSpec
+from efficient_attention.attention.spec import AttentionSpec
 
 POSITIONS = ('rope', 'alibi', 'sinusoidal', 'learned', 'none')
 NORMS = ('rms', 'layer')

@@ -17,13 +17,15 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from models.transformer import check_range
-from models.transformer import concrete
+from efficient_attention.models.transformer import check_range
+from efficient_attention.models.transformer import concrete
 
 TRACES = {'count': 0}  # Incremented on each trace of the compiled loop.
 
 
-def sample(logits_BV, rng, *, temperature=0.0, top_k=None, top_p=None):
+def sample(logits_BV: jax.Array, rng: jax.Array | None, *,
+           temperature: float = 0.0, top_k: int | None = None,
+           top_p: float | None = None) -> jax.Array:
   """One token per row from float32 logits `[B, V]` -> int32 `[B]`.
 
   temperature 0 is greedy; top_k keeps the k largest logits; top_p keeps
@@ -158,10 +160,12 @@ def _checked(model, prompts, prompt_lengths, *, max_new_tokens, rng,
   return prompts, prompt_lengths, max_length
 
 
-def generate(model, prompts, prompt_lengths=None, *, max_new_tokens: int,
-             rng=None, temperature: float = 0.0, top_k: int | None = None,
+def generate(model: nnx.Module, prompts: jax.typing.ArrayLike,
+             prompt_lengths: jax.typing.ArrayLike | None = None, *,
+             max_new_tokens: int, rng: jax.Array | None = None,
+             temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, eos_id: int | None = None,
-             max_length: int | None = None):
+             max_length: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Continues each prompt with up to `max_new_tokens` sampled tokens.
 
   Args:

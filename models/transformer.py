@@ -19,11 +19,15 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from attention import positional
-from attention.shapes import concrete
-from attention.decoding import kv_cache
-from models.block import Block, make_norm
-from models.config import TransformerConfig
+from efficient_attention.attention import positional
+from efficient_attention.attention.shapes import concrete
+from efficient_attention.attention.decoding import kv_cache
+from efficient_attention.models.block import Block, make_norm
+from efficient_attention.models.config import TransformerConfig
+
+# A decoding cache (`init_cache`): a dict with each row's next position and
+# each layer's state (a KV cache, a ring, or a recurrent state), a pytree.
+Cache = dict
 
 
 class Embedding(nnx.Module):
@@ -59,7 +63,7 @@ class Embedding(nnx.Module):
     return self.dropout(x, deterministic=deterministic)
 
 
-def cache_overflow(cache) -> jax.Array:
+def cache_overflow(cache: Cache) -> jax.Array:
   """bool `[B]`: rows of a decoding cache (`init_cache`) that ran past its
   max_length, which only a traced call can do (eager calls raise first);
   their logits are NaN from that token on. False where no layer can
@@ -149,7 +153,8 @@ class Stack(nnx.Module):
                              'layers': states}
 
 
-def reset_rows(cache, rows, empty):
+def reset_rows(cache: Cache, rows: jax.typing.ArrayLike, empty: Cache
+               ) -> Cache:
   """`cache` with the rows where `rows` (bool `[B]`) is True taken from
   `empty` (`model.init_cache(B, max_length)`): they begin a new document at
   position 0, whatever the mechanism's state holds."""

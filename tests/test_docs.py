@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from attention import registry
-from models.layers import registry as layer_registry
+from efficient_attention.attention import registry
+from efficient_attention.models.layers import registry as layer_registry
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / 'docs'
 
@@ -24,9 +24,20 @@ def test_adding_a_mechanism_runs(monkeypatch):
   blocks = python_blocks('adding_a_mechanism.md')
   assert len(blocks) >= 5
   # The module the page's example would be: attention/exact/cosine.py.
-  namespace = {'__name__': 'attention.exact.cosine'}
+  namespace = {'__name__': 'efficient_attention.attention.exact.cosine'}
   for block in blocks:
     exec(compile(block, 'docs/adding_a_mechanism.md', 'exec'), namespace)
   assert 'cosine' in registry.names()
   with pytest.raises(ValueError, match='unknown attention mechanism'):
     registry._REGISTRY.pop('cosine') and registry.get('cosine')
+
+
+def test_the_readme_quickstart_runs_as_written(capsys):
+  text = (DOCS.parent / 'README.md').read_text()
+  [quickstart] = re.findall(r'## Quickstart\n\n```python\n(.*?)```', text,
+                            flags=re.S)
+  namespace = {'__name__': 'quickstart'}
+  exec(compile(quickstart, 'README.md', 'exec'), namespace)
+  error = float(capsys.readouterr().out)  # the printed max |out - jax.nn|
+  assert error < 1e-5  # what the comment beside the print says (~1e-6)
+  assert namespace['logits'].shape == (1, 128, 256)

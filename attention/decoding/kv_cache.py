@@ -24,17 +24,20 @@ arrays, so it can be carried by `jax.jit`, `lax.scan` and saved by orbax.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+import inspect
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention import arguments
-from attention import options as options_lib
-from attention.decoding import ring_cache
-from attention import scores
-from attention import shapes
+from efficient_attention.attention import arguments
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.decoding import ring_cache
+from efficient_attention.attention import scores
+from efficient_attention.attention import shapes
 
 
 
@@ -47,7 +50,8 @@ class KVCache(NamedTuple):
 
 
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               max_length: int, dtype=jnp.float32, local_window_size=None):
+               max_length: int, dtype: DTypeLike = jnp.float32,
+               local_window_size: int | tuple[int, int] | None = None) -> Output:
   """An empty cache for `max_length` tokens per row.
 
   With `local_window_size=(left, right)` and `left < max_length`, a ring of
@@ -100,9 +104,11 @@ def write_rows(cache_BLKH, new_BLKH, start_B):
       c, x, s, axis=0))(cache_BLKH, new_BLKH.astype(cache_BLKH.dtype), start_B)
 
 
-def step(state: KVCache, query, key, value, *, attend, num_new=None,
-         local_window_size=None, alibi_slopes=None, self_logit=None,
-         **options):
+def step(state: KVCache, query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+         attend: Callable[..., Any], num_new: ArrayLike | None = None,
+         local_window_size: int | tuple[int, int] | None = None,
+         alibi_slopes: ArrayLike | None = None,
+         self_logit: float | None = None, **options) -> tuple[jax.Array, KVCache]:
   """Appends L tokens to the cache and attends from their queries.
 
   Args:
@@ -171,7 +177,9 @@ def decoding_pair(attend):
   """
 
   def init_state_(batch_size: int, num_kv_heads: int, head_dim: int, *,
-                  max_length: int, dtype=jnp.float32, local_window_size=None):
+                  max_length: int, dtype: DTypeLike = jnp.float32,
+                  local_window_size: int | tuple[int, int] | None = None
+                  ) -> KVCache | ring_cache.RingCache:
     return init_state(batch_size, num_kv_heads, head_dim,
                       max_length=max_length, dtype=dtype,
                       local_window_size=local_window_size)
@@ -179,5 +187,16 @@ def decoding_pair(attend):
   init_state_.__name__ = init_state_.__qualname__ = 'init_state'
   init_state_.__module__ = attend.__module__  # errors name the mechanism
   init_state_.__doc__ = init_state.__doc__
-  step_ = functools.partial(step, attend=attend)
+  @functools.wraps(step)
+  def step_(state, query, key, value, **arguments):
+    return step(state, query, key, value, attend=attend, **arguments)
+
+  step_.__signature__ = _without_attend(step)
   return options_lib.takes(attend.options_type)(init_state_), step_
+
+
+def _without_attend(fn) -> inspect.Signature:
+  """`fn`'s signature less its `attend` keyword (bound by `decoding_pair`)."""
+  signature = inspect.signature(fn)
+  return signature.replace(parameters=[
+      p for p in signature.parameters.values() if p.name != 'attend'])

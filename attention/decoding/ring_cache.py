@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from attention import masks
+from efficient_attention.attention import masks
 
 
 class RingCache(NamedTuple):

@@ -32,15 +32,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention import arguments
-from attention.decoding import kv_cache
-from attention import masking
-from attention import masks
-from attention import options as options_lib
-from attention.exact import reference
-from attention import registry
-from attention import shapes
-from attention.exact import tiles
+from efficient_attention.attention import arguments
+from efficient_attention.attention import scores
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention.decoding import kv_cache
+from efficient_attention.attention import masking
+from efficient_attention.attention import masks
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.exact import reference
+from efficient_attention.attention import registry
+from efficient_attention.attention import shapes
+from efficient_attention.attention.exact import tiles
 
 
 def _key_chunk(x_BSKH, j, size):
@@ -88,7 +91,8 @@ def _forward(plan: tiles.Plan, q, k, v, extras):
     seen = m > masking.MASKED_BELOW
     l = jnp.where(seen, l, 1.0)
     out_i = jnp.where(seen[..., None], acc / l[..., None], 0.0)
-    lse_i = jnp.where(seen, m + jnp.log(l), 0.0)
+    # +inf where nothing is seen: the backward's e^(s - lse) is then 0.
+    lse_i = jnp.where(seen, m + jnp.log(l), jnp.inf)
     out = lax.dynamic_update_slice_in_dim(out, out_i.astype(q.dtype), i * R,
                                           axis=2)
     lse = lax.dynamic_update_slice_in_dim(lse, lse_i, i * R, axis=2)
@@ -164,7 +168,7 @@ def _backward(plan: tiles.Plan, residuals, d_out):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attend(plan, q, k, v, bias, dense_mask, mask, score, q_offset):
   extras = (bias, dense_mask, mask, score, q_offset)
-  return _forward(plan, q, k, v, extras)[0]
+  return _forward(plan, q, k, v, extras)
 
 
 def _attend_fwd(plan, *args):
@@ -175,10 +179,12 @@ def _attend_fwd(plan, *args):
       jax.custom_derivatives.custom_vjp_primal_tree_values(args))
   extras = (bias, dense_mask, mask, score, q_offset)
   out, lse = _forward(plan, q, k, v, extras)
-  return out, (q, k, v, extras, out, lse, () if learn_score else None)
+  return (out, lse), (q, k, v, extras, out, lse,
+                      () if learn_score else None)
 
 
-def _attend_bwd(plan, residuals, d_out):
+def _attend_bwd(plan, residuals, cotangents):
+  d_out, _ = cotangents  # the log-sum-exp is returned without gradient
   if isinstance(d_out, jax.custom_derivatives.SymbolicZero):
     d_out = jnp.zeros(d_out.shape, d_out.dtype)
   dq, dk, dv, dbias, dscore = _backward(plan, residuals, d_out)
@@ -219,15 +225,25 @@ class BlockwiseOptions(options_lib.Options):
 
 @arguments.any_batch_rank
 @options_lib.takes(BlockwiseOptions)
-def blockwise_attention(query, key, value, bias=None, mask=None, *,
-                        scale=None, is_causal=False, query_seq_lengths=None,
-                        key_value_seq_lengths=None, local_window_size=None,
-                        query_chunk_size, key_chunk_size,
-                        dropout_rng=None, dropout_rate=0.0,
-                        broadcast_dropout=True, deterministic=True,
-                        dtype=None, precision=None, module=None,
-                        alibi_slopes=None, logits_soft_cap=None,
-                        query_offset=None, score=None):
+def blockwise_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                        bias: ArrayLike | None = None,
+                        mask: ArrayLike | masks.Mask | None = None, *,
+                        scale: float | None = None, is_causal: bool = False,
+                        query_seq_lengths: ArrayLike | None = None,
+                        key_value_seq_lengths: ArrayLike | None = None,
+                        local_window_size: int | tuple[int, int] | None = None,
+                        query_chunk_size: int, key_chunk_size: int,
+                        dropout_rng: jax.Array | None = None,
+                        dropout_rate: float = 0.0,
+                        broadcast_dropout: bool = True,
+                        deterministic: bool = True,
+                        dtype: DTypeLike | None = None,
+                        precision: PrecisionLike = None, module: Any = None,
+                        alibi_slopes: ArrayLike | None = None,
+                        logits_soft_cap: float | None = None,
+                        query_offset: int | ArrayLike | None = None,
+                        score: scores.Score | None = None,
+                        return_residual: bool = False) -> Output:
   """Exact attention with O(T + S) memory in the forward and backward passes.
 
   Same arguments and results as `attention.dot_product_attention` (the
@@ -259,7 +275,7 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
     dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
     precision, module: the keywords Flax's attention layers pass. `dtype`
       casts the inputs, `precision` goes to the matmuls; attention dropout
-      and sowing weights raise ValueError.
+      and sowing weights (never formed whole here) raise ValueError.
     alibi_slopes: optional float `[N]`: adds `-slope[n] * |t - s|` (ALiBi),
       built per tile from positions (`scores.alibi`).
     logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`
@@ -273,9 +289,13 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
       tile, before the bias and the mask; it runs after `logits_soft_cap`
       and `alibi_slopes`, which are modifiers too. Gradients reach its
       parameters (a T5 table, learned slopes) exactly.
+    return_residual: also return the per-query log-sum-exp the kernel
+      keeps for its backward pass, as `jax.nn.dot_product_attention` does.
 
   Returns:
-    `[B, T, N, H]` in the dtype of `query` (or `dtype`).
+    `[B, T, N, H]` in the dtype of `query` (or `dtype`); with
+    `return_residual`, `(output, lse [B, T, N])` as
+    `attention.dot_product_attention` returns it.
 
   Cost: O(B N T S H) time, halved by tile skipping when causal, and
   O(B N W H) with a window of width W; temporary memory
@@ -288,9 +308,10 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      return_residual=return_residual,
       alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
-    return arguments.empty_output(args)
+    return arguments.empty_output(args, return_residual)
   query, key, value, dims = args.query, args.key, args.value, args.dims
   B, T, S, N, K, G, H = dims.B, dims.T, dims.S, dims.N, dims.K, dims.G, dims.H
   Cq, Ck = min(query_chunk_size, T), min(key_chunk_size, S)
@@ -314,10 +335,15 @@ def blockwise_attention(query, key, value, bias=None, mask=None, *,
   # chunk, so a decoding step never copies the whole cache.
   k_BSKH, v_BSKH = (_pad_axis(x, 1, Sp) for x in (key, value))
   q_offset = arguments.query_offset(query_offset, dims)
-  out = _attend(plan, q_BKRH, k_BSKH, v_BSKH, bias, dense_mask, mask,
-                arguments.score(args, score), q_offset)
+  out, lse = _attend(plan, q_BKRH, k_BSKH, v_BSKH, bias, dense_mask, mask,
+                     arguments.score(args, score), q_offset)
   out = out.reshape(B, K, Tp, G, H).transpose(0, 2, 1, 3, 4)
-  return out.reshape(B, Tp, N, H)[:, :T]
+  out = out.reshape(B, Tp, N, H)[:, :T]
+  if not return_residual:
+    return out
+  lse = lse.reshape(B, K, Tp, G).transpose(0, 2, 1, 3).reshape(B, Tp, N)
+  lse = jnp.where(lse == jnp.inf, -jnp.inf, lse)  # seen no key: -inf
+  return out, arguments.residual(lse[:, :T], out.dtype)
 
 
 # Decoding: a fixed-size KV cache of K heads (`attention.decoding.kv_cache`).

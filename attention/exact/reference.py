@@ -9,15 +9,19 @@ long sequences.
 from __future__ import annotations
 
 
+import jax
 import jax.numpy as jnp
 
-from attention import arguments
-from attention.decoding import kv_cache
-from attention import masking
-from attention import masks
-from attention import options as options_lib
-from attention import registry
-from attention import shapes
+from efficient_attention.attention import arguments
+from efficient_attention.attention import scores
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention.decoding import kv_cache
+from efficient_attention.attention import masking
+from efficient_attention.attention import masks
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention import registry
+from efficient_attention.attention import shapes
 
 
 def group_heads(array, dims: shapes.Dims):
@@ -30,14 +34,24 @@ def group_heads(array, dims: shapes.Dims):
 
 @arguments.any_batch_rank
 @options_lib.takes(options_lib.NoOptions)
-def dot_product_attention(query, key, value, bias=None, mask=None, *,
-                          scale=None, is_causal=False, query_seq_lengths=None,
-                          key_value_seq_lengths=None, local_window_size=None,
-                          dropout_rng=None, dropout_rate=0.0,
-                          broadcast_dropout=True, deterministic=True,
-                          dtype=None, precision=None, module=None,
-                          alibi_slopes=None, logits_soft_cap=None,
-                          query_offset=None, score=None):
+def dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                          bias: ArrayLike | None = None,
+                          mask: ArrayLike | masks.Mask | None = None, *,
+                          scale: float | None = None, is_causal: bool = False,
+                          query_seq_lengths: ArrayLike | None = None,
+                          key_value_seq_lengths: ArrayLike | None = None,
+                          local_window_size: int | tuple[int, int] | None = None,
+                          dropout_rng: jax.Array | None = None,
+                          dropout_rate: float = 0.0,
+                          broadcast_dropout: bool = True,
+                          deterministic: bool = True,
+                          dtype: DTypeLike | None = None,
+                          precision: PrecisionLike = None, module: Any = None,
+                          alibi_slopes: ArrayLike | None = None,
+                          logits_soft_cap: float | None = None,
+                          query_offset: int | ArrayLike | None = None,
+                          score: scores.Score | None = None,
+                          return_residual: bool = False) -> Output:
   """Exact attention with the semantics of `jax.nn.dot_product_attention`.
 
   The one difference: a query that sees no key (all masked, or past its
@@ -61,8 +75,11 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
       `[t - left, t + right]`.
     dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
     precision, module: the keywords Flax's attention layers pass. `dtype`
-      casts the inputs, `precision` goes to the matmuls; attention dropout
-      and sowing weights raise ValueError.
+      casts the inputs, `precision` goes to the matmuls, and the weights
+      `[B, N, T, S]` are sown into `module` (Linen or NNX) as
+      `intermediates/attention_weights`, as Flax's own function does (a
+      Flax layer with `sow_weights=True` passes it); attention dropout
+      raises ValueError.
     alibi_slopes: optional float `[N]`: adds `-slope[n] * |t - s|` (ALiBi,
       `attention.positional`).
     logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`
@@ -72,8 +89,14 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
     score: optional `attention.scores` modifier of the scaled logits, after
       `logits_soft_cap` and `alibi_slopes` (modifiers too), before the bias.
 
+    return_residual: also return the log-sum-exp of each query's logits,
+      as `jax.nn.dot_product_attention` does.
+
   Returns:
-    `[B, T, N, H]` in the dtype of `query` (or `dtype`).
+    `[B, T, N, H]` in the dtype of `query` (or `dtype`); with
+    `return_residual`, `(output, lse [B, T, N])`, the log-sum-exp of the
+    scaled, masked logits in the output dtype, without gradient, and -inf
+    for a query that sees no key.
 
   Cost: O(B N T S H) time, O(B N T S) memory.
   """
@@ -84,9 +107,10 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
       dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      return_residual=return_residual,
       alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
   if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
-    return arguments.empty_output(args)
+    return arguments.empty_output(args, return_residual)
   query, key, value, dims = args.query, args.key, args.value, args.dims
   B, T, S, K, G, H = dims.B, dims.T, dims.S, dims.K, dims.G, dims.H
   q_offset = arguments.query_offset(query_offset, dims)
@@ -125,17 +149,31 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *,
   if visible is not None:
     logits_BKGTS = jnp.where(visible, logits_BKGTS, masking.NEG_INF)
 
-  probs_BKGTS = jnp.exp(
-      logits_BKGTS - jnp.max(logits_BKGTS, axis=-1, keepdims=True))
-  probs_BKGTS /= jnp.sum(probs_BKGTS, axis=-1, keepdims=True)
+  max_BKGT = jnp.max(logits_BKGTS, axis=-1)
+  probs_BKGTS = jnp.exp(logits_BKGTS - max_BKGT[..., None])
+  sum_BKGT = jnp.sum(probs_BKGTS, axis=-1)
+  probs_BKGTS /= sum_BKGT[..., None]
+  seen_BKGT = None
+  if visible is not None:  # A query that sees no key outputs zeros, even
+    seen_BKGT = jnp.any(visible, axis=-1)  # when a value it skips is NaN.
+    probs_BKGTS = jnp.where(seen_BKGT[..., None], probs_BKGTS, 0.0)
+  if module is not None:  # as Flax's dot_product_attention sows them
+    module.sow('intermediates', 'attention_weights',
+               probs_BKGTS.reshape(B, dims.N, T, S).astype(query.dtype))
   out_BTKGH = jnp.einsum(
       'BKGTS,BSKH->BTKGH', probs_BKGTS.astype(value.dtype), value,
       precision=precision, preferred_element_type=jnp.float32)
-  if visible is not None:  # A query that sees no key outputs zeros, even
-    seen_BKGT = jnp.any(visible, axis=-1)  # when a value it skips is NaN.
+  if seen_BKGT is not None:
     out_BTKGH = jnp.where(seen_BKGT.transpose(0, 3, 1, 2)[..., None],
                           out_BTKGH, 0.0)
-  return out_BTKGH.reshape(B, T, dims.N, H).astype(query.dtype)
+  out = out_BTKGH.reshape(B, T, dims.N, H).astype(query.dtype)
+  if not return_residual:
+    return out
+  lse_BKGT = max_BKGT + jnp.log(sum_BKGT)
+  if seen_BKGT is not None:
+    lse_BKGT = jnp.where(seen_BKGT, lse_BKGT, -jnp.inf)
+  lse_BTN = lse_BKGT.transpose(0, 3, 1, 2).reshape(B, T, dims.N)
+  return out, arguments.residual(lse_BTN, query.dtype)
 
 
 # Decoding: a fixed-size KV cache of K heads (`attention.decoding.kv_cache`).

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from attention import masking
-from attention import masks as masks_lib
+from efficient_attention.attention import masking
+from efficient_attention.attention import masks as masks_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,12 +39,16 @@ import math
 import jax
 import jax.numpy as jnp
 
-from attention import arguments
-from attention import options as options_lib
-from attention.exact import blockwise
-from attention.decoding import kv_cache
-from attention.hashing import rounds
-from attention import registry
+from efficient_attention.attention import arguments
+from efficient_attention.attention import masks
+from efficient_attention.attention import scores
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.exact import blockwise
+from efficient_attention.attention.decoding import kv_cache
+from efficient_attention.attention.hashing import rounds
+from efficient_attention.attention import registry
 
 SELF_LOGIT = rounds.SELF_LOGIT
 _REFUSED_WHY = 'a query sees only its hash chunks'
@@ -85,14 +89,24 @@ def draw_rotations(rng, head_dim: int, num_hashes: int, num_buckets: int):
 
 @arguments.any_batch_rank
 @options_lib.takes(LSHOptions)
-def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
-                  is_causal=False, query_seq_lengths=None,
-                  key_value_seq_lengths=None, local_window_size=None,
-                  rng=None, rotations=None, num_hashes, num_buckets,
-                  bucket_size, chunk_size, shared_qk,
-                  dropout_rng=None, dropout_rate=0.0, broadcast_dropout=True,
-                  deterministic=True, dtype=None, precision=None, module=None,
-                  alibi_slopes=None, logits_soft_cap=None, score=None):
+def lsh_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                  bias: ArrayLike | None = None,
+                  mask: ArrayLike | masks.Mask | None = None, *,
+                  scale: float | None = None, is_causal: bool = False,
+                  query_seq_lengths: ArrayLike | None = None,
+                  key_value_seq_lengths: ArrayLike | None = None,
+                  local_window_size: int | tuple[int, int] | None = None,
+                  rng: jax.Array | None = None,
+                  rotations: jax.Array | None = None, num_hashes: int,
+                  num_buckets: int | None, bucket_size: int, chunk_size: int,
+                  shared_qk: bool, dropout_rng: jax.Array | None = None,
+                  dropout_rate: float = 0.0, broadcast_dropout: bool = True,
+                  deterministic: bool = True, dtype: DTypeLike | None = None,
+                  precision: PrecisionLike = None, module: Any = None,
+                  alibi_slopes: ArrayLike | None = None,
+                  logits_soft_cap: float | None = None,
+                  score: scores.Score | None = None,
+                  return_residual: bool = False) -> Output:
   """Reformer LSH attention (Kitaev et al. 2020, arXiv 2001.04451).
 
   Args:
@@ -142,7 +156,8 @@ def lsh_attention(query, key, value, bias=None, mask=None, *, scale=None,
       'lsh_attention', query, key, value, scale=scale,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
-      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      return_residual=return_residual)
   if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
     return arguments.empty_output(args)
   d = args.dims
@@ -211,7 +226,7 @@ def _normalised(key):
 
 @options_lib.takes(LSHOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               max_length: int, dtype=jnp.float32):
+               max_length: int, dtype: DTypeLike = jnp.float32) -> kv_cache.KVCache:
   """A KV cache (`attention.decoding.kv_cache`): decoding falls back to exact
   attention over it, O(max_length) memory per row."""
   return kv_cache.init_state(batch_size, num_kv_heads, head_dim,
@@ -219,9 +234,14 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
 
 
 @options_lib.takes(LSHOptions)
-def step(state, query, key, value, *, num_new=None, scale=None, shared_qk,
-         rng=None, rotations=None, local_window_size=None, alibi_slopes=None,
-         logits_soft_cap=None, score=None):
+def step(state: kv_cache.KVCache, query: ArrayLike, key: ArrayLike,
+         value: ArrayLike, *, num_new: ArrayLike | None = None,
+         scale: float | None = None, shared_qk: bool,
+         rng: jax.Array | None = None, rotations: jax.Array | None = None,
+         local_window_size: int | tuple[int, int] | None = None,
+         alibi_slopes: ArrayLike | None = None,
+         logits_soft_cap: float | None = None,
+         score: scores.Score | None = None) -> tuple[jax.Array, kv_cache.KVCache]:
   """Causal decoding step: exact attention over the cache (blockwise: a
   step at position p costs O(p)).
 

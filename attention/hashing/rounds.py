@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attention import masking
+from efficient_attention.attention import masking
 
 # Logit of a token's own key (shared-QK): below any real logit, far above
 # NEG_INF, so it wins only when nothing else is visible.

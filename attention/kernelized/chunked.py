@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention import masking
+from efficient_attention.attention import masking
 
 
 class State(NamedTuple):

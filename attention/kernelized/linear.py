@@ -27,10 +27,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from attention import arguments
-from attention import options as options_lib
-from attention.kernelized import chunked
-from attention import registry
+from efficient_attention.attention import arguments
+from efficient_attention.attention import masks
+from efficient_attention.attention import scores
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.kernelized import chunked
+from efficient_attention.attention import registry
 
 FEATURE_MAPS = {
     'elu_plus_one': lambda x: jax.nn.elu(x) + 1.0,
@@ -81,14 +85,23 @@ def _features(feature_map, scale):
 
 @arguments.any_batch_rank
 @options_lib.takes(LinearOptions)
-def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
-                     is_causal=False, query_seq_lengths=None,
-                     key_value_seq_lengths=None, local_window_size=None,
-                     feature_map, eps, chunk_size,
-                     dropout_rng=None, dropout_rate=0.0,
-                     broadcast_dropout=True, deterministic=True, dtype=None,
-                     precision=None, module=None, alibi_slopes=None,
-                     logits_soft_cap=None, score=None):
+def linear_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                     bias: ArrayLike | None = None,
+                     mask: ArrayLike | masks.Mask | None = None, *,
+                     scale: float | None = None, is_causal: bool = False,
+                     query_seq_lengths: ArrayLike | None = None,
+                     key_value_seq_lengths: ArrayLike | None = None,
+                     local_window_size: int | tuple[int, int] | None = None,
+                     feature_map: str | Callable, eps: float, chunk_size: int,
+                     dropout_rng: jax.Array | None = None,
+                     dropout_rate: float = 0.0, broadcast_dropout: bool = True,
+                     deterministic: bool = True,
+                     dtype: DTypeLike | None = None,
+                     precision: PrecisionLike = None, module: Any = None,
+                     alibi_slopes: ArrayLike | None = None,
+                     logits_soft_cap: float | None = None,
+                     score: scores.Score | None = None,
+                     return_residual: bool = False) -> Output:
   """Linear attention (Katharopoulos et al. 2020, arXiv 2006.16236).
 
   Args:
@@ -128,7 +141,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
       'linear_attention', query, key, value, scale=1.0 if scale is None
       else scale, local_window_size=None, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
-      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      return_residual=return_residual)
   if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
     return arguments.empty_output(args)
   return chunked.attend(args, _features(feature_map, args.scale),
@@ -137,7 +151,8 @@ def linear_attention(query, key, value, bias=None, mask=None, *, scale=None,
 
 @options_lib.takes(LinearOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               feature_map, max_length=None, dtype=None):
+               feature_map: str | Callable, max_length: int | None = None,
+               dtype: DTypeLike | None = None) -> chunked.State:
   """Empty decoding state: `[B, K, F, H]` prefix sums, whatever the length.
 
   `max_length` and `dtype` (the decoding contract's) do not shape it: the
@@ -154,9 +169,14 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
 
 
 @options_lib.takes(LinearOptions)
-def step(state: chunked.State, query, key, value, *, num_new=None,
-         scale=None, feature_map, eps, chunk_size, local_window_size=None,
-         alibi_slopes=None, logits_soft_cap=None, score=None):
+def step(state: chunked.State, query: ArrayLike, key: ArrayLike,
+         value: ArrayLike, *, num_new: ArrayLike | None = None,
+         scale: float | None = None, feature_map: str | Callable, eps: float,
+         chunk_size: int,
+         local_window_size: int | tuple[int, int] | None = None,
+         alibi_slopes: ArrayLike | None = None,
+         logits_soft_cap: float | None = None,
+         score: scores.Score | None = None) -> tuple[jax.Array, chunked.State]:
   """Causal linear attention of L new tokens on top of `state`.
 
   Args:

@@ -34,10 +34,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention import arguments
-from attention import options as options_lib
-from attention.kernelized import chunked
-from attention import registry
+from efficient_attention.attention import arguments
+from efficient_attention.attention import masks
+from efficient_attention.attention import scores
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.kernelized import chunked
+from efficient_attention.attention import registry
 
 KERNELS = ('softmax', 'trig', 'relu')
 DEFAULT_SEED = 0
@@ -63,8 +67,9 @@ class PerformerOptions(options_lib.Options):
     options_lib.check_positive_int(where, 'chunk_size', self.chunk_size)
 
 
-def draw_projection(rng, num_features: int, head_dim: int, *,
-                    orthogonal: bool = PerformerOptions.orthogonal):
+def draw_projection(rng: jax.Array, num_features: int, head_dim: int, *,
+                    orthogonal: bool = PerformerOptions.orthogonal
+                    ) -> jax.Array:
   """Random projection `[F, H]` float32 for FAVOR+ features.
 
   Args:
@@ -146,14 +151,25 @@ def _features(args, kernel, projection, num_features, orthogonal):
 
 @arguments.any_batch_rank
 @options_lib.takes(PerformerOptions)
-def performer_attention(query, key, value, bias=None, mask=None, *,
-                        scale=None, is_causal=False, query_seq_lengths=None,
-                        key_value_seq_lengths=None, local_window_size=None,
-                        kernel, num_features, projection=None,
-                        orthogonal, chunk_size, dropout_rng=None,
-                        dropout_rate=0.0, broadcast_dropout=True,
-                        deterministic=True, dtype=None, precision=None,
-                        module=None, alibi_slopes=None, logits_soft_cap=None, score=None):
+def performer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                        bias: ArrayLike | None = None,
+                        mask: ArrayLike | masks.Mask | None = None, *,
+                        scale: float | None = None, is_causal: bool = False,
+                        query_seq_lengths: ArrayLike | None = None,
+                        key_value_seq_lengths: ArrayLike | None = None,
+                        local_window_size: int | tuple[int, int] | None = None,
+                        kernel: str, num_features: int,
+                        projection: jax.Array | None = None, orthogonal: bool,
+                        chunk_size: int, dropout_rng: jax.Array | None = None,
+                        dropout_rate: float = 0.0,
+                        broadcast_dropout: bool = True,
+                        deterministic: bool = True,
+                        dtype: DTypeLike | None = None,
+                        precision: PrecisionLike = None, module: Any = None,
+                        alibi_slopes: ArrayLike | None = None,
+                        logits_soft_cap: float | None = None,
+                        score: scores.Score | None = None,
+                        return_residual: bool = False) -> Output:
   """FAVOR+ attention (Choromanski et al. 2021, arXiv 2009.14794).
 
   Args:
@@ -193,7 +209,8 @@ def performer_attention(query, key, value, bias=None, mask=None, *,
       'performer_attention', query, key, value, scale=scale,
       local_window_size=None, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
-      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      return_residual=return_residual)
   if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
     return arguments.empty_output(args)
   return chunked.attend(
@@ -203,7 +220,8 @@ def performer_attention(query, key, value, bias=None, mask=None, *,
 
 @options_lib.takes(PerformerOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               kernel, num_features, max_length=None, dtype=None):
+               kernel: str, num_features: int, max_length: int | None = None,
+               dtype: DTypeLike | None = None) -> chunked.State:
   """Empty decoding state: `[B, K, F', H]` prefix sums, whatever the length.
 
   `max_length` and `dtype` (the decoding contract's) do not shape it: the
@@ -220,10 +238,15 @@ def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
 
 
 @options_lib.takes(PerformerOptions)
-def step(state: chunked.State, query, key, value, *, num_new=None,
-         scale=None, kernel, num_features, projection=None, orthogonal,
-         chunk_size, local_window_size=None, alibi_slopes=None,
-         logits_soft_cap=None, score=None):
+def step(state: chunked.State, query: ArrayLike, key: ArrayLike,
+         value: ArrayLike, *, num_new: ArrayLike | None = None,
+         scale: float | None = None, kernel: str, num_features: int,
+         projection: jax.Array | None = None, orthogonal: bool,
+         chunk_size: int,
+         local_window_size: int | tuple[int, int] | None = None,
+         alibi_slopes: ArrayLike | None = None,
+         logits_soft_cap: float | None = None,
+         score: scores.Score | None = None) -> tuple[jax.Array, chunked.State]:
   """Causal FAVOR+ attention of L new tokens on top of `state`.
 
   Args:

@@ -35,12 +35,12 @@ N for per-head ones), `mask.layout(T, S, Cq, Ck)` the tiles a kernel visits
 and `render(layout)` draws them as text.
 """
 
-from attention.masks.base import (Grid, Mask, all_of, checked_batch, evaluate,
+from efficient_attention.attention.masks.base import (Grid, Mask, all_of, checked_batch, evaluate,
                                   per_head, render, split)
-from attention.masks.data import (document, global_tokens, key_lengths,
+from efficient_attention.attention.masks.data import (document, global_tokens, key_lengths,
                                   key_starts, prefix_lm, query_lengths,
                                   random_blocks)
-from attention.masks.patterns import (causal, chunked, fixed, sliding_window,
+from efficient_attention.attention.masks.patterns import (causal, chunked, fixed, sliding_window,
                                       strided)
 
 

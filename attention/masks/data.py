@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention.masks.base import Grid, Mask, full, pytree, xp_of
-from attention.masks.patterns import causal, positive_int
+from efficient_attention.attention.masks.base import Grid, Mask, full, pytree, xp_of
+from efficient_attention.attention.masks.patterns import causal, positive_int
 
 _NOWHERE = np.int32(2**30)  # a position no sequence reaches
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from attention.masks.base import Grid, Mask, full, pytree
+from efficient_attention.attention.masks.base import Grid, Mask, full, pytree
 
 
 def positive_int(name: str, value) -> int:

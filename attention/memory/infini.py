@@ -37,12 +37,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from attention import arguments
-from attention import options as options_lib
-from attention.exact import blockwise
-from attention.kernelized import chunked
-from attention.kernelized import linear
-from attention import positional
+from efficient_attention.attention import arguments
+from efficient_attention.attention import masks
+from efficient_attention.attention import scores
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.exact import blockwise
+from efficient_attention.attention.kernelized import chunked
+from efficient_attention.attention.kernelized import linear
+from efficient_attention.attention import positional
 
 RULES = ('delta', 'linear')
 _REFUSED_WHY = 'segments attend causally to themselves and the memory'
@@ -233,14 +237,24 @@ def scan_segments(query, key, value, memory: Memory | None = None,
 
 @arguments.any_batch_rank
 @options_lib.takes(InfiniOptions)
-def infini_attention(query, key, value, bias=None, mask=None, *, scale=None,
-                     is_causal=True, query_seq_lengths=None,
-                     key_value_seq_lengths=None, local_window_size=None,
-                     gate_logits=None, segment_size, update,
-                     rope_base=None, chunk_size, dropout_rng=None,
-                     dropout_rate=0.0, broadcast_dropout=True,
-                     deterministic=True, dtype=None, precision=None,
-                     module=None, alibi_slopes=None, logits_soft_cap=None, score=None):
+def infini_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                     bias: ArrayLike | None = None,
+                     mask: ArrayLike | masks.Mask | None = None, *,
+                     scale: float | None = None, is_causal: bool = True,
+                     query_seq_lengths: ArrayLike | None = None,
+                     key_value_seq_lengths: ArrayLike | None = None,
+                     local_window_size: int | tuple[int, int] | None = None,
+                     gate_logits: ArrayLike | None = None, segment_size: int,
+                     update: str, rope_base: float | None = None,
+                     chunk_size: int, dropout_rng: jax.Array | None = None,
+                     dropout_rate: float = 0.0, broadcast_dropout: bool = True,
+                     deterministic: bool = True,
+                     dtype: DTypeLike | None = None,
+                     precision: PrecisionLike = None, module: Any = None,
+                     alibi_slopes: ArrayLike | None = None,
+                     logits_soft_cap: float | None = None,
+                     score: scores.Score | None = None,
+                     return_residual: bool = False) -> Output:
   """Infini-attention (Munkhdalai et al. 2024, arXiv 2404.07143) over a
   whole sequence from an empty memory; see `scan_segments` for the memory.
 
@@ -271,7 +285,8 @@ def infini_attention(query, key, value, bias=None, mask=None, *, scale=None,
       'infini_attention', query, key, value, scale=scale,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
-      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      return_residual=return_residual)
   if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
     return arguments.empty_output(args)
   d = args.dims

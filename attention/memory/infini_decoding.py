@@ -23,14 +23,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention import arguments
-from attention import options as options_lib
-from attention.memory import infini
-from attention.decoding import kv_cache
-from attention import positional
-from attention.exact import reference
-from attention import registry
-from attention.decoding import segment_steps
+from efficient_attention.attention import arguments
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.memory import infini
+from efficient_attention.attention.decoding import kv_cache
+from efficient_attention.attention import positional
+from efficient_attention.attention.exact import reference
+from efficient_attention.attention import registry
+from efficient_attention.attention.decoding import segment_steps
 
 
 class State(NamedTuple):
@@ -44,8 +46,8 @@ class State(NamedTuple):
 
 @options_lib.takes(infini.InfiniOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               segment_size: int, max_length=None,
-               dtype=jnp.float32) -> State:
+               segment_size: int, max_length: int | None = None,
+               dtype: DTypeLike = jnp.float32) -> State:
   """An empty state: the memory and one segment's keys and values.
 
   `max_length` (the decoding contract's) does not shape it: the memory
@@ -99,9 +101,11 @@ def _token(state: State, query, key, value, real_B, *, gate, update, scale,
 
 
 @options_lib.takes(infini.InfiniOptions)
-def step(state: State, query, key, value, *, num_new=None, gate_logits=None,
-         update: str, scale=None, rope_base=None, segment_size: int,
-         chunk_size: int):
+def step(state: State, query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+         num_new: ArrayLike | None = None,
+         gate_logits: ArrayLike | None = None, update: str,
+         scale: float | None = None, rope_base: float | None = None,
+         segment_size: int, chunk_size: int) -> tuple[jax.Array, State]:
   """Causal Infini-attention of L new tokens on top of `state`.
 
   Args:

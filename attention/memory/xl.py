@@ -32,14 +32,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention import arguments
-from attention import options as options_lib
-from attention.exact import blockwise
-from attention.decoding import kv_cache
-from attention import positional
-from attention.exact import reference
-from attention import registry
-from attention.decoding import segment_steps
+from efficient_attention.attention import arguments
+from efficient_attention.attention import masks
+from efficient_attention.attention import scores
+from efficient_attention.attention.types import (Any, ArrayLike, DTypeLike, Output,
+                                               PrecisionLike)
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.exact import blockwise
+from efficient_attention.attention.decoding import kv_cache
+from efficient_attention.attention import positional
+from efficient_attention.attention.exact import reference
+from efficient_attention.attention import registry
+from efficient_attention.attention.decoding import segment_steps
 
 _REFUSED_WHY = 'segments attend causally to themselves and their cache'
 
@@ -113,14 +117,23 @@ def _scan(query, key, value, cache_k, cache_v, cached, lengths, *, L,
 
 @arguments.any_batch_rank
 @options_lib.takes(XLOptions)
-def xl_attention(query, key, value, bias=None, mask=None, *, scale=None,
-                 is_causal=True, query_seq_lengths=None,
-                 key_value_seq_lengths=None, local_window_size=None,
-                 segment_size, memory_length, rope_base=None,
-                 stop_gradient, chunk_size, dropout_rng=None,
-                 dropout_rate=0.0, broadcast_dropout=True,
-                 deterministic=True, dtype=None, precision=None,
-                 module=None, alibi_slopes=None, logits_soft_cap=None, score=None):
+def xl_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                 bias: ArrayLike | None = None,
+                 mask: ArrayLike | masks.Mask | None = None, *,
+                 scale: float | None = None, is_causal: bool = True,
+                 query_seq_lengths: ArrayLike | None = None,
+                 key_value_seq_lengths: ArrayLike | None = None,
+                 local_window_size: int | tuple[int, int] | None = None,
+                 segment_size: int, memory_length: int,
+                 rope_base: float | None = None, stop_gradient: bool,
+                 chunk_size: int, dropout_rng: jax.Array | None = None,
+                 dropout_rate: float = 0.0, broadcast_dropout: bool = True,
+                 deterministic: bool = True, dtype: DTypeLike | None = None,
+                 precision: PrecisionLike = None, module: Any = None,
+                 alibi_slopes: ArrayLike | None = None,
+                 logits_soft_cap: float | None = None,
+                 score: scores.Score | None = None,
+                 return_residual: bool = False) -> Output:
   """Transformer-XL attention (Dai et al. 2019, arXiv 1901.02860) over a
   whole sequence, segment by segment, from an empty cache.
 
@@ -154,7 +167,8 @@ def xl_attention(query, key, value, bias=None, mask=None, *, scale=None,
       'xl_attention', query, key, value, scale=scale,
       query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
-      dropout_rate=dropout_rate, deterministic=deterministic, module=module)
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      return_residual=return_residual)
   if args.dims.T == 0 or args.dims.S == 0:  # as jax.nn: no division
     return arguments.empty_output(args)
   d, M = args.dims, memory_length
@@ -184,8 +198,8 @@ class State(NamedTuple):
 
 @options_lib.takes(XLOptions)
 def init_state(batch_size: int, num_kv_heads: int, head_dim: int, *,
-               segment_size: int, memory_length: int, max_length=None,
-               dtype=jnp.float32) -> State:
+               segment_size: int, memory_length: int,
+               max_length: int | None = None, dtype: DTypeLike = jnp.float32) -> State:
   """An empty state of `memory_length + segment_size` slots.
 
   `max_length` (the decoding contract's) does not shape it.
@@ -241,9 +255,10 @@ def _whole_segments(state: State, query, key, value, *, M, scale, rope_base,
 
 
 @options_lib.takes(XLOptions)
-def step(state: State, query, key, value, *, num_new=None, scale=None,
-         rope_base=None, segment_size, memory_length, stop_gradient,
-         chunk_size):
+def step(state: State, query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+         num_new: ArrayLike | None = None, scale: float | None = None,
+         rope_base: float | None = None, segment_size: int, memory_length: int,
+         stop_gradient: bool, chunk_size: int) -> tuple[jax.Array, State]:
   """Causal Transformer-XL attention of L new tokens on top of `state`.
 
   Args:

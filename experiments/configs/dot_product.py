@@ -1,6 +1,6 @@
 """The default experiment with plain exact attention instead of blockwise."""
 
-from experiments.configs import default
+from efficient_attention.experiments.configs import default
 
 
 def get_config():

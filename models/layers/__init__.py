@@ -9,12 +9,13 @@ builds the layer registered for the mechanism (`layer_class(name)`):
 `InfiniAttention` (learned gates) and `XLAttention` (RoPE inside).
 """
 
-from models.layers.base import MultiHeadAttention, make_spec
-from models.layers.memory import InfiniAttention, XLAttention
-from models.layers.random_draws import (LSHAttention, PerformerAttention,
+from efficient_attention.attention.spec import AttentionSpec
+from efficient_attention.models.layers.base import MultiHeadAttention, make_spec
+from efficient_attention.models.layers.memory import InfiniAttention, XLAttention
+from efficient_attention.models.layers.random_draws import (LSHAttention, PerformerAttention,
                                         RandomDrawAttention, RandomProjection,
                                         redraw_projections)
-from models.layers.registry import register_layer, registered_layer
+from efficient_attention.models.layers.registry import register_layer, registered_layer
 
 
 def layer_class(name: str) -> type:
@@ -23,8 +24,10 @@ def layer_class(name: str) -> type:
   return registered_layer(name) or MultiHeadAttention
 
 
-def attention_layer(model_dim: int, num_heads: int, *, attention='blockwise',
-                    attention_options=None, **kwargs) -> MultiHeadAttention:
+def attention_layer(model_dim: int, num_heads: int, *,
+                    attention: str | AttentionSpec = 'blockwise',
+                    attention_options: dict | None = None,
+                    **kwargs) -> MultiHeadAttention:
   """The layer for `attention` (a name or `attention.AttentionSpec`), with
   `MultiHeadAttention`'s arguments."""
   spec = make_spec(attention, attention_options)

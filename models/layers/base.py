@@ -25,9 +25,9 @@ from typing import Any, Mapping
 from flax import nnx
 import jax.numpy as jnp
 
-from attention import positional
-from attention.spec import AttentionSpec
-from models.layers import registry as layer_registry
+from efficient_attention.attention import positional
+from efficient_attention.attention.spec import AttentionSpec
+from efficient_attention.models.layers import registry as layer_registry
 
 POSITIONAL_IN_ATTENTION = ('rope', 'alibi', None)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from flax import nnx
 import jax.numpy as jnp
 
-from attention.memory import infini
-from models.layers.base import MultiHeadAttention
-from models.layers.registry import register_layer
+from efficient_attention.attention.memory import infini
+from efficient_attention.models.layers.base import MultiHeadAttention
+from efficient_attention.models.layers.registry import register_layer
 
 # Models start learning the gate where the kernel's default is (see there).
 INITIAL_GATE_LOGIT = infini.DEFAULT_GATE_LOGIT

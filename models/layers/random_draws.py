@@ -13,10 +13,10 @@ from __future__ import annotations
 from flax import nnx
 import jax
 
-from attention.hashing import lsh
-from attention.kernelized import performer
-from models.layers.base import MultiHeadAttention
-from models.layers.registry import register_layer
+from efficient_attention.attention.hashing import lsh
+from efficient_attention.attention.kernelized import performer
+from efficient_attention.models.layers.base import MultiHeadAttention
+from efficient_attention.models.layers.registry import register_layer
 
 
 class RandomProjection(nnx.Variable):
@@ -69,7 +69,7 @@ register_layer('performer', PerformerAttention)
 register_layer('lsh', LSHAttention)
 
 
-def redraw_projections(model: nnx.Module, rng) -> None:
+def redraw_projections(model: nnx.Module, rng: jax.Array) -> None:
   """Redraws the random draw of every randomised layer in `model`.
 
   Layer i (in graph order) draws from `fold_in(rng, i)`.

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attention import positional
+from efficient_attention.attention import positional
 from tests.attention import oracle
 
 

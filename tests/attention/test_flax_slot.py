@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-
+from efficient_attention import attention
 FUNCTIONS = {
     'dot_product': attention.dot_product_attention,
     'blockwise': functools.partial(attention.blockwise_attention,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attention import masks
+from efficient_attention.attention import masks
 
 T, S = 37, 45
 SEGMENTS = np.array([[0] * 10 + [1] * 20 + [2] * 15,

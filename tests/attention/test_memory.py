@@ -10,9 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import attention
-
-
+from efficient_attention import attention
 def temp_bytes(fn, length, heads=8, head_dim=64):
   spec = jax.ShapeDtypeStruct((1, length, heads, head_dim), jnp.float32)
   grad = jax.grad(lambda q, k, v: fn(q, k, v, is_causal=True).sum(),

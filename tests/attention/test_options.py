@@ -8,10 +8,9 @@ from flax import nnx
 import jax.numpy as jnp
 import pytest
 
-import attention
-from attention import options as options_lib
-import models
-
+from efficient_attention import attention
+from efficient_attention.attention import options as options_lib
+from efficient_attention import models
 B, T, N, K, H = 1, 8, 2, 1, 4
 
 

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-from attention import positional
+from efficient_attention import attention
+from efficient_attention.attention import positional
 
 
 def test_rope_logits_depend_only_on_distance():

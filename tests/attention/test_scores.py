@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-from attention import masks
-from attention import positional
-from attention import scores
+from efficient_attention import attention
+from efficient_attention.attention import masks
+from efficient_attention.attention import positional
+from efficient_attention.attention import scores
 
 B, T, S, N, K, H = 2, 29, 37, 4, 2, 16
 

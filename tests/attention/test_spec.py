@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-from attention import masks
-from attention import scores
-from attention.decoding import ring_cache
-from attention.spec import AttentionSpec, parse_mask, parse_scores
+from efficient_attention import attention
+from efficient_attention.attention import masks
+from efficient_attention.attention import scores
+from efficient_attention.attention.decoding import ring_cache
+from efficient_attention.attention.spec import AttentionSpec, parse_mask, parse_scores
 
 B, T, N, K, H = 2, 12, 4, 2, 8
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from experiments.configs import default
+from efficient_attention.experiments.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -40,9 +40,9 @@ def tiny_config(text_file, **changes):
 
 
 def launch(workdir, text_file, *flags, env=None, **kwargs):
-  """`python -m experiments.main` on the TINY config, plus `flags`, as a
+  """`python -m efficient_attention.experiments.main` on the TINY config, plus `flags`, as a
   process whose output (stdout and stderr) is one text stream."""
-  args = [sys.executable, '-m', 'experiments.main', f'--workdir={workdir}',
+  args = [sys.executable, '-m', 'efficient_attention.experiments.main', f'--workdir={workdir}',
           '--config.data.source=file', f'--config.data.path={text_file}']
   args += [f'--config.{k}={v}' for k, v in TINY.items()] + list(flags)
   return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,

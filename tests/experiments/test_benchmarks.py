@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments import benchmark
+from efficient_attention.experiments import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -21,7 +21,7 @@ def run(module, *flags):
 
 def test_attention_benchmark(tmp_path):
   output = tmp_path / 'bench.json'
-  stdout = run('experiments.benchmark', '--lengths=64,96', '--repeats=1',
+  stdout = run('efficient_attention.experiments.benchmark', '--lengths=64,96', '--repeats=1',
                '--mechanisms=blockwise,linear', '--kv_heads=2', '--heads=4',
                '--head_dim=16', '--modes=forward',
                '--mechanism_options={"linear": {"chunk_size": 16}}',
@@ -38,7 +38,7 @@ def test_attention_benchmark(tmp_path):
 @pytest.mark.slow  # a smoke test; make test-slow
 def test_decoding_benchmark(tmp_path):
   output = tmp_path / 'decoding.json'
-  run('experiments.benchmark_decoding', '--contexts=16', '--new_tokens=4',
+  run('efficient_attention.experiments.benchmark_decoding', '--contexts=16', '--new_tokens=4',
       '--model_dim=32', '--layers=1', '--heads=2', '--kv_heads=1',
       '--repeats=1', f'--output={output}')
   (row,) = json.loads(output.read_text())['rows']
@@ -61,7 +61,7 @@ def test_crossover_is_where_a_mechanism_becomes_and_stays_faster():
 @pytest.mark.slow  # a smoke test; make test-slow
 def test_context_benchmark(tmp_path):
   output = tmp_path / 'context.json'
-  run('experiments.benchmark_context', '--contexts=16,64', '--new_tokens=2',
+  run('efficient_attention.experiments.benchmark_context', '--contexts=16,64', '--new_tokens=2',
       '--model_dim=32', '--layers=1', '--heads=2', '--kv_heads=1',
       '--mechanisms=dot_product,linear', '--repeats=1', f'--output={output}')
   rows = json.loads(output.read_text())['rows']
@@ -74,7 +74,7 @@ def test_context_benchmark(tmp_path):
 @pytest.mark.slow  # a smoke test; make test-slow
 def test_stream_benchmark(tmp_path):
   output = tmp_path / 'stream.json'
-  stdout = run('experiments.benchmark_stream', '--lengths=64,256',
+  stdout = run('efficient_attention.experiments.benchmark_stream', '--lengths=64,256',
                '--segment=32', '--exact_up_to=64', '--heads=2',
                '--kv_heads=1', '--head_dim=8', '--repeats=1',
                f'--output={output}')
@@ -87,8 +87,9 @@ def test_stream_benchmark(tmp_path):
   assert all(r['tokens_per_s'] > 0 for r in rows)
 
 
+@pytest.mark.slow  # a smoke test; make test-slow (tiles: test_masks.py)
 def test_mask_and_decode_step_benchmarks_and_mask_pictures(tmp_path):
-  stdout = run('experiments.benchmark_masks', '--lengths=2048',
+  stdout = run('efficient_attention.experiments.benchmark_masks', '--lengths=2048',
                '--modes=forward', '--masks=causal,window,documents',
                '--heads=2', '--kv_heads=1', '--head_dim=16', '--repeats=1',
                f'--output={tmp_path / "masks.json"}')
@@ -96,11 +97,11 @@ def test_mask_and_decode_step_benchmarks_and_mask_pictures(tmp_path):
   rows = json.loads((tmp_path / 'masks.json').read_text())['rows']
   assert [r['mask'] for r in rows] == ['causal', 'window', 'documents']
   assert rows[2]['tiles'] < rows[0]['tiles']  # documents visit fewer
-  stdout = run('experiments.benchmark_decode_step', '--max_lengths=64,256',
+  stdout = run('efficient_attention.experiments.benchmark_decode_step', '--max_lengths=64,256',
                '--position=16', '--steps=2', '--repeats=1', '--heads=2',
                '--kv_heads=1', '--head_dim=16')
   assert '| 256 |' in stdout
-  stdout = run('experiments.mask_pictures', f'--output_dir={tmp_path}',
+  stdout = run('efficient_attention.experiments.mask_pictures', f'--output_dir={tmp_path}',
                '--length=16', '--chunk=4')
   assert 'causal: ' in stdout and (tmp_path / 'mask_bigbird.png').stat(
       ).st_size > 0

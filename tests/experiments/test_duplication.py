@@ -2,9 +2,9 @@
 
 import pytest
 
-from experiments import duplication_eval as duplication
-from experiments import train
-from experiments.configs import duplication as duplication_config
+from efficient_attention.experiments import duplication_eval as duplication
+from efficient_attention.experiments import train
+from efficient_attention.experiments.configs import duplication as duplication_config
 
 
 def tiny():

@@ -21,12 +21,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import checkpoints
-from experiments import preemption
-from experiments import reporting
-from experiments import resume
-from experiments import train
-from experiments import workdir_lock
+from efficient_attention.experiments import checkpoints
+from efficient_attention.experiments import preemption
+from efficient_attention.experiments import reporting
+from efficient_attention.experiments import resume
+from efficient_attention.experiments import train
+from efficient_attention.experiments import workdir_lock
 from tests.experiments import runs
 
 pytestmark = [
@@ -234,7 +234,8 @@ def test_sigterm_and_sigint_save_the_current_step_then_stop(
       train.train_and_evaluate(config, str(workdir))
   assert stopped.value.code == 128 + signal.SIGTERM and stopped.value.step == 3
   assert events(workdir)[-1] == {'step': 3, 'event': 'end',
-                                 'reason': 'SIGTERM'}
+                                 'reason': 'SIGTERM', 'finished': False,
+                                 'num_steps': 6}
   assert int(checkpoints.stored(checkpoints.manager(str(workdir), 2), 3)[
       0]['train']['num_steps']) == 6  # complete, with its config
   # SIGINT (Ctrl-C) in the middle of step 5 (while its batch is read):
@@ -322,7 +323,7 @@ def test_a_file_system_without_flock_runs_with_a_warning(tmp_path,
 def test_a_stale_lock_and_a_torn_metrics_line_are_repaired_and_reported(
     workdir, text_file, capsys):
   dead = {'pid': 999999, 'host': 'elsewhere', 'started': 'yesterday',
-          'command': 'python -m experiments.main'}
+          'command': 'python -m efficient_attention.experiments.main'}
   (workdir / 'lock').write_text(json.dumps(dead))  # its holder died
   lines = (workdir / 'metrics.jsonl').read_text()
   with open(workdir / 'metrics.jsonl', 'a') as f:

@@ -5,12 +5,11 @@ import dataclasses
 import jax.numpy as jnp
 import pytest
 
-import attention
-from experiments import model_config
-from experiments import validation
-from experiments.configs import default
-import models
-
+from efficient_attention import attention
+from efficient_attention.experiments import model_config
+from efficient_attention.experiments import validation
+from efficient_attention.experiments.configs import default
+from efficient_attention import models
 # For each TransformerConfig field: a value for its experiment config path
 # and what the field then holds.
 CHANGES = {

@@ -5,12 +5,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import pytest
 
-from experiments import model_config
-from experiments import passkey_eval as passkey
-from experiments import tasks
-from experiments import train
-from experiments import validation
-from experiments.configs import passkey as passkey_config
+from efficient_attention.experiments import model_config
+from efficient_attention.experiments import passkey_eval as passkey
+from efficient_attention.experiments import tasks
+from efficient_attention.experiments import train
+from efficient_attention.experiments import validation
+from efficient_attention.experiments.configs import passkey as passkey_config
 
 
 def tiny():

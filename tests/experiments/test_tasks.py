@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-import attention
-from experiments import tasks
-from experiments import train
-from experiments.configs import default
+from efficient_attention import attention
+from efficient_attention.experiments import tasks
+from efficient_attention.experiments import train
+from efficient_attention.experiments.configs import default
 
 
 def example(task, size, index=0, seed=0):

@@ -13,9 +13,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import attention
-from experiments import data
-from experiments import train
+from efficient_attention import attention
+from efficient_attention.experiments import data
+from efficient_attention.experiments import train
 from tests.experiments import runs
 
 @pytest.fixture(name='text_file')

@@ -8,8 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-import models
-
+from efficient_attention import models
 VOCAB, LENGTH, BOS = 12, 8, 1  # tokens 2..11 are content
 
 

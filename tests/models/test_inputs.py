@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models
-
+from efficient_attention import models
 # Plain attention: the checks run before it, and it is cheap to run eagerly.
 BASE = models.TransformerConfig(vocab_size=50, model_dim=16, num_layers=1,
                                 num_heads=2, mlp_dim=32, max_length=8,

@@ -7,9 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-import attention
-import models
-from models import layers
+from efficient_attention import attention
+from efficient_attention import models
+from efficient_attention.models import layers
 
 SLIDING = attention.AttentionSpec('blockwise', {'query_chunk_size': 4,
                                                 'key_chunk_size': 4},

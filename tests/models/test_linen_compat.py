@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-import models
-
+from efficient_attention import attention
+from efficient_attention import models
 D, HEADS = 32, 4
 
 

@@ -6,9 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import models
-
-
+from efficient_attention import models
 def performer_lm():
   config = models.TransformerConfig(
       vocab_size=32, model_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models
-
+from efficient_attention import models
 SEGMENT = 8
 OPTIONS = {
     'infini': (('chunk_size', 4), ('segment_size', SEGMENT)),

@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-import models
-
+from efficient_attention import attention
+from efficient_attention import models
 BASE = models.TransformerConfig(
     vocab_size=50, model_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
     mlp_dim=64, attention_options=(('query_chunk_size', 8),

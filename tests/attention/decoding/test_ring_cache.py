@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-from attention.decoding import ring_cache
+from efficient_attention import attention
+from efficient_attention.attention.decoding import ring_cache
 
 B, T, N, K, H, LEFT = 2, 29, 4, 2, 16, 6
 

@@ -7,7 +7,7 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-import attention
+from efficient_attention import attention
 from tests.attention import cases
 from tests.attention.exact import test_reference
 
@@ -24,7 +24,8 @@ def test_matches_jax_nn_at_4k_with_default_chunks(dtype):
 
 
 _RUN_64K = """
-import json, resource, jax, jax.numpy as jnp, attention
+import json, resource, jax, jax.numpy as jnp
+from efficient_attention import attention
 shape = (1, 65536, 8, 64)
 q, k, v = (jax.random.normal(jax.random.key(i), shape) for i in range(3))
 loss = lambda q, k, v: attention.blockwise_attention(

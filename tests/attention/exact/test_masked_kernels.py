@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-from attention import masks
+from efficient_attention import attention
+from efficient_attention.attention import masks
 from tests.attention import test_masks
 
 T, S = test_masks.T, test_masks.S

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
+from efficient_attention import attention
 from tests.attention import cases
 
 DTYPES = [jnp.float32, jnp.bfloat16]

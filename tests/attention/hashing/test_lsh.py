@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attention.hashing import lsh
-from attention.hashing import rounds
-from attention import masking
+from efficient_attention.attention.hashing import lsh
+from efficient_attention.attention.hashing import rounds
+from efficient_attention.attention import masking
 
 B, T, N, H = 2, 37, 4, 16
 

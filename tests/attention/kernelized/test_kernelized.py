@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-
+from efficient_attention import attention
 H = 16
 PROJECTION = attention.draw_projection(jax.random.key(0), 16, H)
 

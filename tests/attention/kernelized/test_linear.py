@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-from attention.kernelized import linear
+from efficient_attention import attention
+from efficient_attention.attention.kernelized import linear
 from tests.attention.kernelized import feature_oracle
 
 CASES = [  # (name, T, S, N, K, is_causal, kv_len, q_len)

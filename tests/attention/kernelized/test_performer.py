@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-from attention.kernelized import performer
+from efficient_attention import attention
+from efficient_attention.attention.kernelized import performer
 from tests.attention.kernelized import feature_oracle
 
 H = 16

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attention.memory import infini
-from attention.memory import infini_decoding
-from attention import positional
+from efficient_attention.attention.memory import infini
+from efficient_attention.attention.memory import infini_decoding
+from efficient_attention.attention import positional
 
 B, T, N, K, H = 2, 37, 4, 2, 8
 L = 8  # segment length: 37 = 4 full segments and 5 tokens

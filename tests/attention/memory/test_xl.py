@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention
-from attention import positional
-from attention.memory import xl
+from efficient_attention import attention
+from efficient_attention.attention import positional
+from efficient_attention.attention.memory import xl
 
 B, T, N, K, H = 2, 37, 4, 2, 16
 
