@@ -111,3 +111,21 @@ def test_blockwise_refuses_to_sow_weights_it_never_forms():
   with pytest.raises(ValueError, match='cannot sow attention weights'):
     layer(jnp.ones((1, 4, 16)), sow_weights=True)
   del q, k, v
+
+
+@pytest.mark.parametrize('name', EXACT)
+def test_under_vmap_in_float16_as_jax_s_own_tests_call_it(name):
+  """JAX's testDotProductAttention vmaps the function over the batch (so it
+  sees unbatched [T, N, H]), with GQA and float16; outputs and gradients."""
+  q, k, v = (x.astype(jnp.float16) for x in _inputs(T=9, S=9))
+  fn = jax.vmap(EXACT[name], in_axes=(0, 0, 0, None, None))
+  out, vjp = jax.vjp(fn, q, k, v, None, None)
+  grads = vjp(jnp.ones_like(out))[:3]
+  want, want_vjp = jax.vjp(jax.nn.dot_product_attention, q,
+                           jnp.repeat(k, 2, 2), jnp.repeat(v, 2, 2))
+  dq, dk, dv = want_vjp(jnp.ones_like(want))
+  dk, dv = (x.reshape(2, 9, 2, 2, 8).sum(3) for x in (dk, dv))
+  assert out.dtype == jnp.float16
+  for got, ref in zip((out,) + tuple(grads), (want, dq, dk, dv)):
+    np.testing.assert_allclose(np.asarray(got, np.float32),
+                               np.asarray(ref, np.float32), atol=1e-2)
