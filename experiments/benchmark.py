@@ -61,6 +61,9 @@ _BASELINE_MAX_GB = flags.DEFINE_float(
     'baseline_max_gb', 12.0, 'Run jax.nn only below this compiled temporary '
     'memory (GB).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Write the results as JSON.')
+_MATMUL_SIZES = flags.DEFINE_list(
+    'matmul_sizes', ['1024', '2048', '4096'], 'Square matmul sizes whose '
+    'best rate is the "of matmul" reference (smaller: a quicker smoke run).')
 
 BASELINE = 'jax.nn'
 
@@ -177,7 +180,8 @@ def main(argv):
                          'forward, forward_backward')
   for name in _MECHANISMS.value:
     attention.get(name)  # Fails early, listing the known names.
-  rate = matmul_rate(jnp.dtype(_DTYPE.value))
+  rate = matmul_rate(jnp.dtype(_DTYPE.value),
+                     sizes=tuple(int(n) for n in _MATMUL_SIZES.value))
   print(f'{platform.processor() or platform.machine()}, '
         f'{jax.devices()[0].device_kind}, jax {jax.__version__}: '
         f'{_DTYPE.value} matmul {rate:.1f} GFLOP/s')

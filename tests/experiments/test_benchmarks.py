@@ -23,7 +23,7 @@ def test_attention_benchmark(tmp_path):
   output = tmp_path / 'bench.json'
   stdout = run('efficient_attention.experiments.benchmark', '--lengths=64,96', '--repeats=1',
                '--mechanisms=blockwise,linear', '--kv_heads=2', '--heads=4',
-               '--head_dim=16', '--modes=forward',
+               '--head_dim=16', '--modes=forward', '--matmul_sizes=128',
                '--mechanism_options={"linear": {"chunk_size": 16}}',
                f'--output={output}')
   assert 'matmul' in stdout

@@ -367,7 +367,7 @@ def test_read_metrics_skips_bad_lines_and_drops_superseded_rows(tmp_path):
   assert reporting.read_metrics(str(tmp_path)) == rows[:2] + rows[4:]
 
 
-LONG_RUN = {'train.num_steps': 300, 'train.checkpoint_every': 50,
+LONG_RUN = {'train.num_steps': 150, 'train.checkpoint_every': 50,
             'train.eval_every': 1000, 'train.log_every': 50}
 LONG = tuple(f'--config.{k}={v}' for k, v in LONG_RUN.items())
 
@@ -397,7 +397,7 @@ def _resume_and_compare(workdir, whole, text_file):
   output, _ = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, output
   assert 'resuming at step' in output
-  assert_same_params(workdir, 300, whole, 300)
+  assert_same_params(workdir, 150, whole, 150)
   return output
 
 
