@@ -187,14 +187,18 @@ class DecoderLM(nnx.Module):
     self.stack = Stack(config, rngs=rngs)
     self.head = LMHead(config, self.stack.embed.tokens, rngs)
 
-  def __call__(self, tokens, *, lengths=None, deterministic=True):
+  def __call__(self, tokens: jax.typing.ArrayLike, *,
+               lengths: jax.typing.ArrayLike | None = None,
+               deterministic: bool = True) -> jax.Array:
     return self.head(self.stack(tokens, is_causal=True, lengths=lengths,
                                 deterministic=deterministic))
 
-  def init_cache(self, batch_size: int, max_length: int):
+  def init_cache(self, batch_size: int, max_length: int) -> Cache:
     return self.stack.init_cache(batch_size, max_length)
 
-  def decode(self, cache, tokens, *, num_new=None):
+  def decode(self, cache: Cache, tokens: jax.typing.ArrayLike, *,
+             num_new: jax.typing.ArrayLike | None = None
+             ) -> tuple[jax.Array, Cache]:
     """Logits `[B, L, V]` of L new tokens, and the updated cache.
 
     Streams a long input too: call it on consecutive chunks, carrying the
@@ -224,16 +228,19 @@ class Encoder(nnx.Module):
         config.model_dim, num_classes, dtype=config.dtype,
         rngs=rngs) if num_classes else None
 
-  def __call__(self, tokens, *, lengths=None, deterministic=True):
+  def __call__(self, tokens: jax.typing.ArrayLike, *,
+               lengths: jax.typing.ArrayLike | None = None,
+               deterministic: bool = True) -> jax.Array:
     """Hidden states `[B, T, D]`; padded keys (past `lengths`) are masked."""
     return self.stack(tokens, is_causal=False, lengths=lengths,
                       deterministic=deterministic)
 
-  def mlm_logits(self, hidden):
+  def mlm_logits(self, hidden: jax.Array) -> jax.Array:
     """Masked-LM logits `[B, T, V]` from hidden states."""
     return self.mlm_head(self.mlm_norm(nnx.gelu(self.mlm_dense(hidden))))
 
-  def classify(self, hidden, lengths=None):
+  def classify(self, hidden: jax.Array,
+               lengths: jax.typing.ArrayLike | None = None) -> jax.Array:
     """Class logits `[B, num_classes]`: CLS token or mean of real tokens."""
     if self.classifier is None:
       raise ValueError('Encoder was built with num_classes=0')
@@ -257,23 +264,31 @@ class EncoderDecoder(nnx.Module):
     self.decoder = Stack(config, cross_attention=True, rngs=rngs)
     self.head = LMHead(config, self.decoder.embed.tokens, rngs)
 
-  def encode(self, source, *, source_lengths=None, deterministic=True):
+  def encode(self, source: jax.typing.ArrayLike, *,
+             source_lengths: jax.typing.ArrayLike | None = None,
+             deterministic: bool = True) -> jax.Array:
     return self.encoder(source, is_causal=False, lengths=source_lengths,
                         deterministic=deterministic)
 
-  def __call__(self, source, target, *, source_lengths=None,
-               target_lengths=None, deterministic=True):
+  def __call__(self, source: jax.typing.ArrayLike,
+               target: jax.typing.ArrayLike, *,
+               source_lengths: jax.typing.ArrayLike | None = None,
+               target_lengths: jax.typing.ArrayLike | None = None,
+               deterministic: bool = True) -> jax.Array:
     memory = self.encode(source, source_lengths=source_lengths,
                          deterministic=deterministic)
     return self.head(self.decoder(
         target, is_causal=True, lengths=target_lengths, context=memory,
         context_lengths=source_lengths, deterministic=deterministic))
 
-  def init_cache(self, batch_size: int, max_length: int):
+  def init_cache(self, batch_size: int, max_length: int) -> Cache:
     return self.decoder.init_cache(batch_size, max_length)
 
-  def decode(self, cache, tokens, memory, *, source_lengths=None,
-             num_new=None):
+  def decode(self, cache: Cache, tokens: jax.typing.ArrayLike,
+             memory: jax.Array, *,
+             source_lengths: jax.typing.ArrayLike | None = None,
+             num_new: jax.typing.ArrayLike | None = None
+             ) -> tuple[jax.Array, Cache]:
     """Logits of L new target tokens given the encoded `memory`."""
     x, cache = self.decoder.step(cache, tokens, num_new=num_new,
                                  context=memory,

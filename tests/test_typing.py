@@ -25,6 +25,14 @@ def _public_functions():
       if getattr(mechanism, part, None) is not None:
         found[f'attention.get({name!r}).{part}'] = getattr(mechanism, part)
   found['experiments.train.train_and_evaluate'] = train.train_and_evaluate
+  methods = {models.DecoderLM: ('__call__', 'init_cache', 'decode'),
+             models.Encoder: ('__call__', 'mlm_logits', 'classify'),
+             models.EncoderDecoder: ('__call__', 'encode', 'init_cache',
+                                     'decode'),
+             models.MultiHeadAttention: ('__call__', 'init_state', 'step')}
+  for cls, names in methods.items():
+    for name in names:
+      found[f'models.{cls.__name__}.{name}'] = getattr(cls, name)
   return found
 
 
@@ -36,7 +44,7 @@ def test_public_functions_are_annotated(name):
   fn = inspect.unwrap(FUNCTIONS[name])
   signature = inspect.signature(fn)
   missing = [p.name for p in signature.parameters.values()
-             if p.annotation is inspect.Parameter.empty
+             if p.annotation is inspect.Parameter.empty and p.name != 'self'
              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
   assert not missing, f'{name}: parameters without annotation: {missing}'
   assert signature.return_annotation is not inspect.Signature.empty, name

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 
 from efficient_attention.attention import positional
@@ -144,8 +145,10 @@ class MultiHeadAttention(nnx.Module):
       key = positional.rope(key, k_positions, base=self.rope_base)
     return query, key, value
 
-  def __call__(self, x, context=None, *, is_causal: bool = False, mask=None,
-               key_value_seq_lengths=None, positions=None):
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
+               is_causal: bool = False, mask: Any = None,
+               key_value_seq_lengths: jax.typing.ArrayLike | None = None,
+               positions: jax.typing.ArrayLike | None = None) -> jax.Array:
     """Attends from `x [B, T, D]` over `context [B, S, D']` (default: x).
 
     Args:
@@ -172,7 +175,7 @@ class MultiHeadAttention(nnx.Module):
                     **self._kernel_arguments())
     return self.out(out)
 
-  def init_state(self, batch_size: int, max_length: int):
+  def init_state(self, batch_size: int, max_length: int) -> Any:
     """The mechanism's empty decoding state for this layer."""
     return self.spec.init_state(batch_size, self.num_kv_heads, self.head_dim,
                                 max_length=max_length,
@@ -184,7 +187,9 @@ class MultiHeadAttention(nnx.Module):
     exact cache into a ring)."""
     return {}
 
-  def step(self, state, x, positions, *, num_new=None):
+  def step(self, state: Any, x: jax.Array, positions: jax.typing.ArrayLike,
+           *, num_new: jax.typing.ArrayLike | None = None
+           ) -> tuple[jax.Array, Any]:
     """Causal self-attention of L new tokens `x [B, L, D]` at `positions`.
 
     Returns:
