@@ -12,6 +12,7 @@ import configparser
 import email.parser
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -66,10 +67,17 @@ def test_lower_bounds_are_the_versions_ci_installs():
 
 @pytest.fixture(name='wheel', scope='module')
 def fixture_wheel(tmp_path_factory):
+  """The wheel of a clean copy of the checkout (no build/ left over from
+  an earlier build can leak a removed module into it, and nothing is
+  written into the checkout)."""
   out = tmp_path_factory.mktemp('dist')
+  source = tmp_path_factory.mktemp('source') / 'repo'
+  shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+      '.git', '.venv', 'build', 'dist', '*.egg-info', '__pycache__',
+      'workdir', '.pytest_cache'))
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet',
                   '--no-deps', '--wheel-dir',
-                  str(out), str(ROOT)], check=True, capture_output=True)
+                  str(out), str(source)], check=True, capture_output=True)
   [wheel] = out.glob('*.whl')
   return wheel
 
