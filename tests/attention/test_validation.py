@@ -161,7 +161,9 @@ def test_empty_sequences_give_empty_or_zero_outputs(name):
     assert [g.shape for g in grads] == [q.shape, kv.shape, kv.shape]
 
 
-@pytest.mark.parametrize('name', attention.names())
+@pytest.mark.parametrize('name', [  # one wrapper (any_batch_rank) for all
+    n if n in ('blockwise', 'dot_product', 'linear', 'xl') else
+    pytest.param(n, marks=pytest.mark.slow) for n in attention.names()])
 def test_unbatched_and_many_batch_axes_as_jax_nn_and_flax_pass_them(name):
   """[T, N, H] as jax.nn allows, [*batch, T, N, H] as Flax layers pass:
   the same as the rank-4 call on the flattened batch."""

@@ -26,12 +26,12 @@ def tokens(T, B=2):
 
 def test_positions_past_the_learned_table_raise():
   lm = model()
-  assert np.isfinite(lm(tokens(8))).all()
+  assert np.isfinite(nnx.jit(lambda lm, x: lm(x))(lm, tokens(8))).all()
   with pytest.raises(ValueError, match=r'positions must lie in \[0, '
                      r'max_length=8\), got 4 outside it \(from 8 to 11\)'):
     lm(tokens(12))
   cache = lm.init_cache(2, 8)
-  _, cache = lm.decode(cache, tokens(6))
+  _, cache = nnx.jit(lambda lm, c, x: lm.decode(c, x))(lm, cache, tokens(6))
   # Positions 6, 7, 8: the cache (no larger than the table) is full first.
   with pytest.raises(ValueError, match='decoding cache holds max_length=8'):
     lm.decode(cache, tokens(3))

@@ -240,7 +240,9 @@ def test_encoder_decoder_incremental_decoding_equals_full_forward():
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize('mechanism', ['blockwise', 'infini', 'xl'])
+@pytest.mark.parametrize('mechanism', [  # XL's state is the richest
+    pytest.param('blockwise', marks=pytest.mark.slow),
+    pytest.param('infini', marks=pytest.mark.slow), 'xl'])
 def test_decoding_cache_round_trips_through_orbax(tmp_path, mechanism):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   model = models.DecoderLM(config(attention=mechanism, attention_options=(
