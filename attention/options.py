@@ -18,10 +18,14 @@ path (direct call, `attention.get(name)(...)`, decoding, layers, configs).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import functools
 import inspect
+import io
+import textwrap
+import tokenize
 from typing import Any, Callable, Mapping, TypeVar
 
 T = TypeVar('T', bound='Options')
@@ -115,6 +119,39 @@ class Options:
     default = type(self)()
     return {k: v for k, v in self.as_dict().items()
             if getattr(default, k) != v}
+
+
+def field_docs(options_type: type[Options]) -> dict[str, str]:
+  """Each field's comment, as written beside it in the class body.
+
+  `name: type = default  # what it is` is how every options class documents
+  a field; the documentation pages are generated from these comments (so
+  they cannot drift from the code), and a test requires one per field. A
+  comment continues on the lines below that hold only a comment starting in
+  the same column.
+  """
+  source = textwrap.dedent(inspect.getsource(options_type))
+  [class_def] = ast.parse(source).body
+  field_lines = {  # the last line of each field's statement -> its name
+      statement.end_lineno: statement.target.id
+      for statement in class_def.body
+      if isinstance(statement, ast.AnnAssign) and
+      isinstance(statement.target, ast.Name)}
+  comments = {  # line -> (text, whether the line holds only it, column)
+      token.start[0]: (token.string.lstrip('#').strip(),
+                       token.line.strip().startswith('#'), token.start[1])
+      for token in tokenize.generate_tokens(io.StringIO(source).readline)
+      if token.type == tokenize.COMMENT}
+  docs = {}
+  for line, name in field_lines.items():
+    if line not in comments or comments[line][1]:
+      continue
+    text, _, column = comments[line]
+    line += 1
+    while line in comments and comments[line][1:] == (True, column):
+      text, line = f'{text} {comments[line][0]}', line + 1
+    docs[name] = text
+  return docs
 
 
 @dataclasses.dataclass(frozen=True)

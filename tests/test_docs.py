@@ -41,3 +41,58 @@ def test_the_readme_quickstart_runs_as_written(capsys):
   error = float(capsys.readouterr().out)  # the printed max |out - jax.nn|
   assert error < 1e-5  # what the comment beside the print says (~1e-6)
   assert namespace['logits'].shape == (1, 128, 256)
+
+
+def test_generated_pages_are_current():
+  """docs/options.md is what the option classes say (rerun the generator
+  after changing an option: python -m efficient_attention.experiments.
+  docs_pages)."""
+  from efficient_attention.experiments import docs_pages  # pylint: disable=g-import-not-at-top
+  for filename, make in docs_pages.PAGES.items():
+    assert (DOCS / filename).read_text() == make(), filename
+
+
+def test_every_option_has_its_comment():
+  from efficient_attention.attention import options  # pylint: disable=g-import-not-at-top
+  for name in registry.names():
+    options_type = registry.get(name).options
+    docs = options.field_docs(options_type)
+    assert set(docs) == set(options_type.names()), name
+    assert all(docs.values()), name
+
+
+def test_field_docs_reads_comments_beside_fields_and_their_continuations():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from efficient_attention.attention import options  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass(frozen=True)
+  class Example(options.Options):
+    size: int = 4  # rows per tile
+    # (a comment above a field belongs to no field)
+    rule: str = 'a'  # one of two rules,
+                     # continued here
+    plain: bool = True
+
+    def method(self):  # not a field
+      return self.size
+
+  assert options.field_docs(Example) == {
+      'size': 'rows per tile', 'rule': 'one of two rules, continued here'}
+
+
+def test_citation_file_lists_every_paper_the_code_cites():
+  """CITATION.cff is valid YAML with the fields CFF 1.2.0 requires, and its
+  references hold every arXiv id cited in the package's sources."""
+  import yaml  # pylint: disable=g-import-not-at-top
+  root = DOCS.parent
+  citation = yaml.safe_load((root / 'CITATION.cff').read_text())
+  assert citation['cff-version'] == '1.2.0'
+  assert citation['message'] and citation['title'] and citation['authors']
+  listed = {identifier['value'] for reference in citation['references']
+            for identifier in reference['identifiers']}
+  cited = set()
+  for folder in ('attention', 'models', 'experiments'):
+    for path in (root / folder).rglob('*.py'):
+      cited |= set(re.findall(r'arXiv[: ]+(\d{4}\.\d{4,5})', path.read_text()))
+  assert cited and {f'arXiv:{i}' for i in cited} <= listed, sorted(
+      cited - {v.split(':')[1] for v in listed})
