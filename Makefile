@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # pytest-xdist workers; CI has 2 cores.
 WORKERS ?= 2
 
-.PHONY: install test test-slow benchmark train clean constraints
+.PHONY: install test test-slow notebooks benchmark train clean constraints
 
 # make train WORKDIR=...: rerunning with a workdir that has a checkpoint resumes.
 WORKDIR ?= workdir/default
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow tests
+
+# Every notebook in notebooks/, top to bottom in smoke mode, after checking
+# each .ipynb is what its paired .py gives (experiments/notebooks.py).
+notebooks: $(STAMP)
+	$(PY) -m efficient_attention.experiments.notebooks --check --run
 
 train: $(STAMP)
 	$(PY) -m efficient_attention.experiments.main --workdir=$(WORKDIR)

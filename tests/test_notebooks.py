@@ -1,0 +1,41 @@
+"""The notebooks' `.ipynb` files are what their paired scripts give (CI runs
+the notebooks themselves with `make notebooks`)."""
+
+import json
+
+import pytest
+
+from efficient_attention.experiments import notebooks
+
+
+def test_every_ipynb_is_generated_from_its_script():
+  assert notebooks.scripts(), 'no notebooks found'
+  assert not notebooks.stale(), (
+      'rerun python -m efficient_attention.experiments.notebooks')
+  for script in notebooks.scripts():
+    notebook = json.loads(script.with_suffix('.ipynb').read_text())
+    assert notebook['nbformat'] == 4
+    code = [c for c in notebook['cells'] if c['cell_type'] == 'code']
+    assert code and all(c['outputs'] == [] and c['execution_count'] is None
+                        for c in code), 'outputs must be stripped'
+
+
+def test_percent_cells_become_notebook_cells():
+  text = ('# %% [markdown]\n# # Title\n#\n# Some *text*.\n\n'
+          '# %%\nx = 1\n\n\nprint(x)\n\n# %%\n# a comment in code\ny = 2\n')
+  assert notebooks.cells(text) == [
+      ('markdown', '# Title\n\nSome *text*.'),
+      ('code', 'x = 1\n\n\nprint(x)'),
+      ('code', '# a comment in code\ny = 2')]
+  notebook = notebooks.to_ipynb(text)
+  assert notebook['cells'][1]['source'] == ['x = 1\n', '\n', '\n', 'print(x)']
+  assert notebook['cells'][0]['cell_type'] == 'markdown'
+
+
+@pytest.mark.parametrize('text, message', [
+    ('x = 1\n# %%\ny = 2\n', 'belongs to no cell'),
+    ('# %% [markdown]\nnot a comment\n', 'must start with "#"'),
+])
+def test_malformed_scripts_are_refused(text, message):
+  with pytest.raises(ValueError, match=message):
+    notebooks.cells(text)
