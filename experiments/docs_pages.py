@@ -23,7 +23,6 @@ from efficient_attention import attention
 from efficient_attention.attention import options as options_lib
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / 'docs'
-PAGES = {'options.md': lambda: options_page()}
 
 _HEADER = """\
 # Options of every mechanism
@@ -87,6 +86,9 @@ def options_page() -> str:
                    f'{doc} |')
     lines.append('')
   return '\n'.join(lines).rstrip('\n') + '\n'
+
+
+PAGES = {'options.md': options_page}  # file in docs/ -> its generator
 
 
 def main(argv: Sequence[str]) -> int:

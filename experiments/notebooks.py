@@ -4,7 +4,10 @@ Each notebook is written as `notebooks/<name>.py` in the jupytext "percent"
 format (`# %%` starts a code cell, `# %% [markdown]` a Markdown cell whose
 lines start with `# `), which reviews and diffs as code; `<name>.ipynb`
 beside it is generated from it, with no outputs, for Colab and Jupyter
-(jupytext opens the `.py` as a notebook too).
+(jupytext opens the `.py` as a notebook too). The generator puts
+`INSTALL_CELL` (one copy for every notebook) after the first Markdown cell:
+it must run before the package exists, so it cannot be imported. Inside a
+notebook, `runtime()` and `save()` below are what each notebook shares.
 
   python -m efficient_attention.experiments.notebooks           # write .ipynb
   python -m efficient_attention.experiments.notebooks --check   # exit 1 if stale
@@ -29,6 +32,26 @@ import time
 from typing import Any, Sequence
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / 'notebooks'
+
+INSTALL_CELL = """\
+# Install from the repository when the package is not there (Colab).
+import importlib.util
+import os
+import subprocess
+import sys
+
+# In Colab: set this to the repository's git URL (or a local path).
+REPOSITORY = os.environ.get('EFFICIENT_ATTENTION_REPOSITORY', '')
+if importlib.util.find_spec('efficient_attention') is None:
+  if not REPOSITORY:
+    raise RuntimeError(
+        'efficient_attention is not installed: set '
+        'EFFICIENT_ATTENTION_REPOSITORY to the repository (a git URL or a '
+        'path) or pip install it first')
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet',
+                  f'efficient-attention[train] @ git+{REPOSITORY}'
+                  if '://' in REPOSITORY else f'{REPOSITORY}[train]'],
+                 check=True)"""
 _CELL = re.compile(r'^# %%(?: \[(markdown)\])?[ \t]*$', re.M)
 
 
@@ -53,23 +76,50 @@ def cells(text: str) -> list[tuple[str, str]]:
   return result
 
 
+def runtime() -> tuple[bool, str]:
+  """`(smoke, backend)` for a notebook, printing what it found: smoke is
+  `NOTEBOOK_SMOKE=1` (CI's small sizes), backend 'tpu', 'gpu' or 'cpu'."""
+  import jax  # pylint: disable=g-import-not-at-top
+  smoke = os.environ.get('NOTEBOOK_SMOKE') == '1'
+  backend = jax.default_backend()
+  print(f'runtime: {backend}, {jax.device_count()} x '
+        f'{jax.devices()[0].device_kind}{" (smoke mode)" if smoke else ""}')
+  return smoke, backend
+
+
+def save(figure, filename: str):
+  """Keeps a notebook's picture in `NOTEBOOK_OUTPUT` (a smoke run's scratch
+  directory) when it is set, then shows it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  if 'NOTEBOOK_OUTPUT' in os.environ:
+    figure.savefig(os.path.join(os.environ['NOTEBOOK_OUTPUT'], filename))
+  plt.show()
+
+
+def notebook_cells(text: str) -> list[tuple[str, str]]:
+  """The cells of a script's notebook: its own, with `INSTALL_CELL` after
+  the first Markdown cell (the title)."""
+  script_cells = cells(text)
+  at = 1 if script_cells and script_cells[0][0] == 'markdown' else 0
+  return script_cells[:at] + [('code', INSTALL_CELL)] + script_cells[at:]
+
+
 def to_ipynb(text: str) -> dict[str, Any]:
   """An nbformat 4.4 notebook without outputs from a percent script."""
-  notebook_cells = []
-  for kind, source in cells(text):
+  notebook_cells_ = []
+  for kind, source in notebook_cells(text):
     lines = source.split('\n')
     cell = {'cell_type': kind, 'metadata': {},
             'source': [line + '\n' for line in lines[:-1]] + [lines[-1]]}
     if kind == 'code':
       cell.update(execution_count=None, outputs=[])
-    notebook_cells.append(cell)
+    notebook_cells_.append(cell)
   return {
-      'cells': notebook_cells,
+      'cells': notebook_cells_,
       'metadata': {
           'kernelspec': {'display_name': 'Python 3', 'language': 'python',
                          'name': 'python3'},
           'language_info': {'name': 'python'},
-          'jupytext': {'formats': 'ipynb,py:percent'},
       },
       'nbformat': 4,
       'nbformat_minor': 4,
@@ -93,12 +143,17 @@ def stale() -> list[str]:
 
 
 def run(script: pathlib.Path) -> float:
-  """Runs one notebook's script in smoke mode; its time in seconds."""
+  """Runs one notebook's cells (the install cell too), top to bottom, as
+  one script in smoke mode; its time in seconds."""
   with tempfile.TemporaryDirectory(prefix='notebook-') as scratch:
+    code = '\n\n'.join(source for kind, source in
+                       notebook_cells(script.read_text()) if kind == 'code')
+    whole = pathlib.Path(scratch) / script.name
+    whole.write_text(code + '\n')
     env = dict(os.environ, NOTEBOOK_SMOKE='1', NOTEBOOK_OUTPUT=scratch,
                MPLBACKEND='Agg')
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(script)], cwd=scratch, env=env,
+    subprocess.run([sys.executable, str(whole)], cwd=scratch, env=env,
                    check=True)
     return time.perf_counter() - start
 

@@ -12,26 +12,6 @@
 # and run all cells. `NOTEBOOK_SMOKE=1` (what CI sets) shrinks the work.
 
 # %%
-# Install from the repository when the package is not there (Colab).
-import importlib.util
-import os
-import subprocess
-import sys
-
-# In Colab: set this to the repository's git URL (or a local path).
-REPOSITORY = os.environ.get('EFFICIENT_ATTENTION_REPOSITORY', '')
-if importlib.util.find_spec('efficient_attention') is None:
-  if not REPOSITORY:
-    raise RuntimeError(
-        'efficient_attention is not installed: set '
-        'EFFICIENT_ATTENTION_REPOSITORY to the repository (a git URL or a '
-        'path) or pip install it first')
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet',
-                  f'efficient-attention[train] @ git+{REPOSITORY}'
-                  if '://' in REPOSITORY else f'{REPOSITORY}[train]'],
-                 check=True)
-
-# %%
 import jax
 import jax.numpy as jnp
 import optax
@@ -39,14 +19,12 @@ from flax import linen as nn
 from flax import nnx
 
 from efficient_attention import attention
+from efficient_attention.experiments import notebooks
 
-SMOKE = os.environ.get('NOTEBOOK_SMOKE') == '1'
-BACKEND = jax.default_backend()
+SMOKE, BACKEND = notebooks.runtime()
 LENGTH = 64 if SMOKE else {'tpu': 1024, 'gpu': 1024}.get(BACKEND, 128)
 STEPS = 3 if SMOKE else 300
-print(f'runtime: {BACKEND}, {jax.device_count()} x '
-      f'{jax.devices()[0].device_kind}; length {LENGTH}, {STEPS} steps'
-      f'{" (smoke mode)" if SMOKE else ""}')
+print(f'length {LENGTH}, {STEPS} steps')
 
 # %% [markdown]
 # ## A Linen model of your own

@@ -12,26 +12,6 @@
 # run all cells. `NOTEBOOK_SMOKE=1` (what CI sets) shrinks the work.
 
 # %%
-# Install from the repository when the package is not there (Colab).
-import importlib.util
-import os
-import subprocess
-import sys
-
-# In Colab: set this to the repository's git URL (or a local path).
-REPOSITORY = os.environ.get('EFFICIENT_ATTENTION_REPOSITORY', '')
-if importlib.util.find_spec('efficient_attention') is None:
-  if not REPOSITORY:
-    raise RuntimeError(
-        'efficient_attention is not installed: set '
-        'EFFICIENT_ATTENTION_REPOSITORY to the repository (a git URL or a '
-        'path) or pip install it first')
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet',
-                  f'efficient-attention[train] @ git+{REPOSITORY}'
-                  if '://' in REPOSITORY else f'{REPOSITORY}[train]'],
-                 check=True)
-
-# %%
 import time
 
 import jax
@@ -41,26 +21,20 @@ import numpy as np
 
 from efficient_attention import attention
 from efficient_attention.attention import masks
+from efficient_attention.experiments import notebooks
 
-SMOKE = os.environ.get('NOTEBOOK_SMOKE') == '1'
-BACKEND = jax.default_backend()
+SMOKE, BACKEND = notebooks.runtime()
 LENGTHS = ([128, 256] if SMOKE else
            [1024, 2048, 4096, 8192, 16384] if BACKEND in ('tpu', 'gpu') else
            [512, 1024, 2048, 4096])
 HEADS, KV_HEADS, HEAD_DIM = 8, 2, 64
-print(f'runtime: {BACKEND}, {jax.device_count()} x '
-      f'{jax.devices()[0].device_kind}; lengths {LENGTHS}'
-      f'{" (smoke mode)" if SMOKE else ""}')
+print(f'lengths {LENGTHS}')
 for name in attention.names():
   mechanism = attention.get(name)
   print(f'{name:12s} {"exact" if mechanism.exact else "approximate":12s}'
         f'{"decodes" if mechanism.init_state else ""}')
 
-
-def save(figure, filename):
-  if 'NOTEBOOK_OUTPUT' in os.environ:  # a smoke run keeps the pictures
-    figure.savefig(os.path.join(os.environ['NOTEBOOK_OUTPUT'], filename))
-  plt.show()
+save = notebooks.save  # keeps the pictures of a smoke run
 
 # %% [markdown]
 # ## Error against exact attention

@@ -18,26 +18,6 @@
 # Change runtime type: a TPU v5e, a GPU or the CPU) and run all cells.
 
 # %%
-# Install from the repository when the package is not there (Colab).
-import importlib.util
-import os
-import subprocess
-import sys
-
-# In Colab: set this to the repository's git URL (or a local path).
-REPOSITORY = os.environ.get('EFFICIENT_ATTENTION_REPOSITORY', '')
-if importlib.util.find_spec('efficient_attention') is None:
-  if not REPOSITORY:
-    raise RuntimeError(
-        'efficient_attention is not installed: set '
-        'EFFICIENT_ATTENTION_REPOSITORY to the repository (a git URL or a '
-        'path) or pip install it first')
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet',
-                  f'efficient-attention[train] @ git+{REPOSITORY}'
-                  if '://' in REPOSITORY else f'{REPOSITORY}[train]'],
-                 check=True)
-
-# %%
 import time
 
 import jax
@@ -46,15 +26,13 @@ import matplotlib.pyplot as plt
 from flax import nnx
 
 from efficient_attention import attention
+from efficient_attention.experiments import notebooks
 
-SMOKE = os.environ.get('NOTEBOOK_SMOKE') == '1'
-BACKEND = jax.default_backend()  # 'tpu', 'gpu' or 'cpu'
+SMOKE, BACKEND = notebooks.runtime()  # BACKEND: 'tpu', 'gpu' or 'cpu'
 # Colab's free TPU runtime is one v5e chip (16 GB); its CPU runtime has 2
 # cores. Lengths that take seconds on each:
 LENGTH = 256 if SMOKE else {'tpu': 8192, 'gpu': 8192}.get(BACKEND, 2048)
-print(f'runtime: {BACKEND}, {jax.device_count()} x '
-      f'{jax.devices()[0].device_kind}; sequence length {LENGTH}'
-      f'{" (smoke mode)" if SMOKE else ""}')
+print(f'sequence length {LENGTH}')
 
 # %% [markdown]
 # ## Exact attention in O(T) memory
@@ -124,10 +102,7 @@ right.set_title(f'forward time (ms), causal, T = {LENGTH}')
 for axis in (left, right):
   axis.tick_params(axis='x', rotation=45)
 figure.tight_layout()
-if 'NOTEBOOK_OUTPUT' in os.environ:  # a smoke run keeps the picture
-  figure.savefig(os.path.join(os.environ['NOTEBOOK_OUTPUT'],
-                              'quickstart_mechanisms.png'))
-plt.show()
+notebooks.save(figure, 'quickstart_mechanisms.png')
 
 # %% [markdown]
 # ## In a Flax layer

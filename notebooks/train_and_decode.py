@@ -12,26 +12,7 @@
 # run all cells. `NOTEBOOK_SMOKE=1` (what CI sets) trains a few steps only.
 
 # %%
-# Install from the repository when the package is not there (Colab).
-import importlib.util
 import os
-import subprocess
-import sys
-
-# In Colab: set this to the repository's git URL (or a local path).
-REPOSITORY = os.environ.get('EFFICIENT_ATTENTION_REPOSITORY', '')
-if importlib.util.find_spec('efficient_attention') is None:
-  if not REPOSITORY:
-    raise RuntimeError(
-        'efficient_attention is not installed: set '
-        'EFFICIENT_ATTENTION_REPOSITORY to the repository (a git URL or a '
-        'path) or pip install it first')
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet',
-                  f'efficient-attention[train] @ git+{REPOSITORY}'
-                  if '://' in REPOSITORY else f'{REPOSITORY}[train]'],
-                 check=True)
-
-# %%
 import tempfile
 import time
 
@@ -43,10 +24,10 @@ from flax import nnx
 from efficient_attention import models
 from efficient_attention.experiments import reporting
 from efficient_attention.experiments import train
+from efficient_attention.experiments import notebooks
 from efficient_attention.experiments.configs import default
 
-SMOKE = os.environ.get('NOTEBOOK_SMOKE') == '1'
-BACKEND = jax.default_backend()
+SMOKE, BACKEND = notebooks.runtime()
 config = default.get_config()  # what `make train` runs: 250 steps on CPU
 if SMOKE:
   config.train.num_steps, config.train.warmup_steps = 4, 2
@@ -58,10 +39,8 @@ elif BACKEND in ('tpu', 'gpu'):  # an accelerator: a longer run
   config.train.checkpoint_every = 250
 WORKDIR = os.environ.get('NOTEBOOK_OUTPUT') or tempfile.mkdtemp()
 WORKDIR = os.path.join(WORKDIR, 'train_and_decode')
-print(f'runtime: {BACKEND}, {jax.device_count()} x '
-      f'{jax.devices()[0].device_kind}; {config.train.num_steps} steps of '
-      f'{config.train.batch_size} x {config.data.sequence_length} bytes, '
-      f'workdir {WORKDIR}{" (smoke mode)" if SMOKE else ""}')
+print(f'{config.train.num_steps} steps of {config.train.batch_size} x '
+      f'{config.data.sequence_length} bytes, workdir {WORKDIR}')
 
 # %% [markdown]
 # ## Train
@@ -87,9 +66,7 @@ axis.set_xlabel('step')
 axis.set_ylabel('bits per byte')
 axis.legend()
 figure.tight_layout()
-if 'NOTEBOOK_OUTPUT' in os.environ:
-  figure.savefig(os.path.join(os.environ['NOTEBOOK_OUTPUT'], 'curves.png'))
-plt.show()
+notebooks.save(figure, 'curves.png')
 
 # %% [markdown]
 # ## Generate

@@ -28,7 +28,9 @@ def test_percent_cells_become_notebook_cells():
       ('code', 'x = 1\n\n\nprint(x)'),
       ('code', '# a comment in code\ny = 2')]
   notebook = notebooks.to_ipynb(text)
-  assert notebook['cells'][1]['source'] == ['x = 1\n', '\n', '\n', 'print(x)']
+  # The install cell (one copy for all notebooks) follows the title.
+  assert ''.join(notebook['cells'][1]['source']) == notebooks.INSTALL_CELL
+  assert notebook['cells'][2]['source'] == ['x = 1\n', '\n', '\n', 'print(x)']
   assert notebook['cells'][0]['cell_type'] == 'markdown'
 
 
