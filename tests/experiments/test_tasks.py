@@ -56,8 +56,10 @@ def test_examples_are_functions_of_seed_and_index(task):
 
 
 def _task_mechanism_pairs():
-  """Every task in the default suite, each with another mechanism; the rest
-  slow (every mechanism trains in the models' tests and test_registry)."""
+  """Every task in the default suite, each with another mechanism (five of
+  the seven); the rest slow. Every mechanism's gradients are checked in
+  test_registry, the Performer also trains in test_train; XL's training
+  runs are in the slow suite."""
   names, task_names = attention.names(), sorted(tasks.TASKS)
   fast = {(t, names[i % len(names)]) for i, t in enumerate(task_names)}
   return [pytest.param(t, m, marks=() if (t, m) in fast else pytest.mark.slow)
