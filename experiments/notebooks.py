@@ -31,6 +31,8 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+from efficient_attention.experiments import compile_flags
+
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / 'notebooks'
 
 INSTALL_CELL = """\
@@ -150,8 +152,9 @@ def run(script: pathlib.Path) -> float:
                        notebook_cells(script.read_text()) if kind == 'code')
     whole = pathlib.Path(scratch) / script.name
     whole.write_text(code + '\n')
-    env = dict(os.environ, NOTEBOOK_SMOKE='1', NOTEBOOK_OUTPUT=scratch,
-               MPLBACKEND='Agg')
+    # Smoke mode is bound by compile time: compile_flags halves it on CPU.
+    env = dict(compile_flags.environ(), NOTEBOOK_SMOKE='1',
+               NOTEBOOK_OUTPUT=scratch, MPLBACKEND='Agg')
     start = time.perf_counter()
     subprocess.run([sys.executable, str(whole)], cwd=scratch, env=env,
                    check=True)
