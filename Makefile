@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # pytest-xdist workers; CI has 2 cores.
 WORKERS ?= 2
 
-.PHONY: install test test-slow notebooks benchmark train clean constraints
+.PHONY: install test test-slow notebooks docs benchmark train clean constraints
 
 # make train WORKDIR=...: rerunning with a workdir that has a checkpoint resumes.
 WORKDIR ?= workdir/default
@@ -32,6 +32,16 @@ test-slow: $(STAMP)
 notebooks: $(STAMP)
 	$(PY) -m efficient_attention.experiments.notebooks --check --run
 
+# The docs/ pages and the API reference from the docstrings, with Sphinx;
+# any warning fails the build. The HTML is left in docs/_build/html.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
+
 train: $(STAMP)
 	$(PY) -m efficient_attention.experiments.main --workdir=$(WORKDIR)
 
@@ -45,4 +55,4 @@ constraints: $(STAMP)
 	mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache docs/_build

@@ -7,7 +7,7 @@ masks take them), to new logits: `score(logits, batch, head, q, k)`
 before the bias and the mask, and never form a `[T, S]` array. Scores are
 pytrees whose arrays (ALiBi slopes, a T5 bucket table, a user's
 parameters) are leaves: the blockwise kernel's custom VJP returns their
-exact gradients, so they can be learned.
+exact gradients, so they can be learned. The modifiers::
 
   soft_cap(cap)                     cap * tanh(x / cap)       (Gemma 2)
   alibi(slopes)                     x - slopes[h] * |q - k|   (Press et al.

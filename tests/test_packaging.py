@@ -74,7 +74,7 @@ def fixture_wheel(tmp_path_factory):
   source = tmp_path_factory.mktemp('source') / 'repo'
   shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
       '.git', '.venv', 'build', 'dist', '*.egg-info', '__pycache__',
-      'workdir', '.pytest_cache'))
+      'workdir', '.pytest_cache', '_build'))
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet',
                   '--no-deps', '--wheel-dir',
                   str(out), str(source)], check=True, capture_output=True)
@@ -98,7 +98,8 @@ def test_the_wheel_holds_one_import_name_and_declares_extras(wheel):
   requires = message.get_all('Requires-Dist')
   core = sorted(r.split('>=')[0] for r in requires if 'extra ==' not in r)
   assert core == ['jax', 'numpy']  # the attention functions need no more
-  assert set(message.get_all('Provides-Extra')) == {'models', 'train', 'test'}
+  assert set(message.get_all('Provides-Extra')) == {'models', 'train', 'test',
+                                                    'docs'}
   assert any(r.startswith('flax') and 'extra == "models"' in r
              for r in requires)
   assert any(r.startswith('orbax-checkpoint') and 'extra == "train"' in r

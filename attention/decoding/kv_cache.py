@@ -1,6 +1,6 @@
 """Decoding with exact attention: a fixed-size key/value cache.
 
-The decoding contract of every causal mechanism is
+The decoding contract of every causal mechanism is::
 
   state = init_state(batch_size, num_kv_heads, head_dim, **options)
   out, state = step(state, query, key, value, **options)

@@ -272,10 +272,12 @@ def blockwise_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     query_chunk_size: query positions per tile, C_q. The defaults (512, 256)
       were the fastest of those tried on a 2-core AVX-512 CPU at N=8192.
     key_chunk_size: key positions per tile, C_k.
-    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
-    precision, module: the keywords Flax's attention layers pass. `dtype`
-      casts the inputs, `precision` goes to the matmuls; attention dropout
-      and sowing weights (never formed whole here) raise ValueError.
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic: the
+      dropout keywords Flax's attention layers pass; attention dropout
+      raises ValueError.
+    dtype, precision, module: the other keywords they pass. `dtype` casts
+      the inputs, `precision` goes to the matmuls; sowing weights into
+      `module` (never formed whole here) raises ValueError.
     alibi_slopes: optional float `[N]`: adds `-slope[n] * |t - s|` (ALiBi),
       built per tile from positions (`scores.alibi`).
     logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`

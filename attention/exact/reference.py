@@ -73,13 +73,14 @@ def dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     key_value_seq_lengths: optional int `[B]`; keys past it are masked.
     local_window_size: int or `(left, right)`: query `t` sees keys in
       `[t - left, t + right]`.
-    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
-    precision, module: the keywords Flax's attention layers pass. `dtype`
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic: the
+      dropout keywords Flax's attention layers pass; attention dropout
+      raises ValueError.
+    dtype, precision, module: the other keywords they pass. `dtype`
       casts the inputs, `precision` goes to the matmuls, and the weights
       `[B, N, T, S]` are sown into `module` (Linen or NNX) as
       `intermediates/attention_weights`, as Flax's own function does (a
-      Flax layer with `sow_weights=True` passes it); attention dropout
-      raises ValueError.
+      Flax layer with `sow_weights=True` passes it).
     alibi_slopes: optional float `[N]`: adds `-slope[n] * |t - s|` (ALiBi,
       `attention.positional`).
     logits_soft_cap: optional c > 0: scaled logits x become `c tanh(x / c)`

@@ -131,9 +131,10 @@ def lsh_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     shared_qk: hash the normalised keys and give each query its own
       position's bucket, with the self-logit (True, the Reformer's); or hash
       queries and keys apart, keys as given (False).
-    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
-    precision, module: Flax's `attention_fn` keywords; `dtype` casts the
-      inputs, dropout and sowing weights raise ValueError.
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic: Flax's
+      `attention_fn` dropout keywords; attention dropout raises ValueError.
+    dtype, precision, module: Flax's other `attention_fn` keywords; `dtype`
+      casts the inputs, sowing weights into `module` raises ValueError.
 
   Decoding (`step`) falls back to exact attention over a KV cache (of
   normalised keys with the self-logit for shared-QK): it equals this

@@ -121,9 +121,10 @@ def linear_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     eps: added to the denominator. A query that sees no key outputs 0.
     chunk_size: causal chunk length C; a length that C does not divide is
       padded inside. `chunk_size >= T` is the parallel (quadratic) form.
-    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
-    precision, module: Flax's `attention_fn` keywords; `dtype` casts the
-      inputs, dropout and sowing weights raise ValueError.
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic: Flax's
+      `attention_fn` dropout keywords; attention dropout raises ValueError.
+    dtype, precision, module: Flax's other `attention_fn` keywords; `dtype`
+      casts the inputs, sowing weights into `module` raises ValueError.
 
   Returns:
     `[B, T, N, H]` in the query's dtype; features and sums are float32.

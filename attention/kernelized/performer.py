@@ -190,8 +190,9 @@ def performer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
       `jax.random.key(0)`. Redraw by passing a new key.
     orthogonal: orthogonal blocks (True) or iid rows, when drawing.
     chunk_size: causal chunk length C, as in `linear_attention`.
-    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
-    precision, module: Flax's `attention_fn` keywords, as in
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic: Flax's
+      `attention_fn` dropout keywords, as in `linear_attention`.
+    dtype, precision, module: Flax's other `attention_fn` keywords, as in
       `linear_attention`.
 
   Returns:

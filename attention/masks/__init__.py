@@ -12,7 +12,7 @@ whose pairs are all visible. A kernel visits the tiles with `some` and
 skips the elementwise mask where `every` holds, so sparsity is tiles not
 visited. Masks of positions alone are summarised with NumPy while tracing;
 masks of data (segment ids, lengths, per-example prefixes or global tokens)
-on device, from each chunk's smallest and largest values.
+on device, from each chunk's smallest and largest values. The masks::
 
   causal(offset=0)             k <= q + offset (offset S - T: bottom-right)
   sliding_window(left, right)  q - left <= k <= q + right
