@@ -49,7 +49,8 @@ def test_generated_pages_are_current():
   docs_pages)."""
   from efficient_attention.experiments import docs_pages  # pylint: disable=g-import-not-at-top
   for filename, make in docs_pages.PAGES.items():
-    assert (DOCS / filename).read_text() == make(), filename
+    current = (DOCS / filename).read_text()
+    assert current == make(current), filename
 
 
 def test_every_option_has_its_comment():
@@ -96,3 +97,18 @@ def test_citation_file_lists_every_paper_the_code_cites():
       cited |= set(re.findall(r'arXiv[: ]+(\d{4}\.\d{4,5})', path.read_text()))
   assert cited and {f'arXiv:{i}' for i in cited} <= listed, sorted(
       cited - {v.split(':')[1] for v in listed})
+
+
+def test_every_family_has_a_page_with_its_generated_blocks():
+  """A mechanism in a new `attention/` subpackage needs its family page
+  (docs/families/<family>.md, linked from the Sphinx index)."""
+  from efficient_attention.experiments import docs_pages  # pylint: disable=g-import-not-at-top
+  assert set(docs_pages.FAMILIES) >= {'exact', 'kernelized', 'hashing',
+                                      'memory'}
+  index = (DOCS / 'index.md').read_text()
+  for family in docs_pages.FAMILIES:
+    page = (DOCS / 'families' / f'{family}.md').read_text()
+    for block in docs_pages.BLOCKS:
+      assert f'<!-- generated: {block} -->' in page, (family, block)
+    assert f'families/{family}\n' in index, family
+    assert 'arXiv' in page and 'When to pick it' in page, family
