@@ -86,12 +86,14 @@ def evaluate(config, state, filler: int, num_examples: int,
           'tokens': int(inputs.shape[1]) + 1}  # the example's length
 
 
-def table(results, variants, labels) -> str:
-  """Markdown: whole-key accuracy (digit accuracy) per variant and length."""
+def table(results, variants, labels,
+          trained: str = 'trained up to ~1k tokens') -> str:
+  """Markdown: whole-key accuracy (digit accuracy) per variant and length;
+  `trained` heads the first column."""
   names = {'infini': 'Infini-attention', 'xl': 'Transformer-XL',
            'window': 'sliding window'}
   first = results[variants[0]]
-  lines = ['| trained up to ~1k tokens | ' + ' | '.join(
+  lines = [f'| {trained} | ' + ' | '.join(
       f'{label} ({first[label]["tokens"]:,} tokens)' for label in labels) +
            ' |', '|---|' + '---|' * len(labels)]
   for v in variants:

@@ -41,3 +41,13 @@ def test_percent_cells_become_notebook_cells():
 def test_malformed_scripts_are_refused(text, message):
   with pytest.raises(ValueError, match=message):
     notebooks.cells(text)
+
+
+def test_every_notebook_sizes_itself_and_says_how_to_open_it():
+  """The runtime it finds (TPU, GPU, CPU, smoke) sets its sizes, and its
+  first cell says how to open it in Colab."""
+  for script in notebooks.scripts():
+    cells = notebooks.cells(script.read_text())
+    assert cells[0][0] == 'markdown' and 'Colab' in cells[0][1], script.name
+    code = '\n'.join(source for kind, source in cells if kind == 'code')
+    assert 'notebooks.runtime()' in code, script.name
