@@ -29,6 +29,7 @@ on device, from each chunk's smallest and largest values. The masks::
   key_starts(starts)           k >= starts[b]
   query_lengths(lengths)       q < lengths[b]
   per_head(m0, m1, ...)        head h uses m[h % count]
+  from_array(mask)             jax.nn's boolean array, as a mask object
 
 `mask.dense(T, S)` is the boolean matrix (leading B for per-example masks,
 N for per-head ones), `mask.layout(T, S, Cq, Ck)` the tiles a kernel visits
@@ -37,7 +38,7 @@ and `render(layout)` draws them as text.
 
 from efficient_attention.attention.masks.base import (Grid, Mask, all_of, checked_batch, evaluate,
                                   per_head, render, split)
-from efficient_attention.attention.masks.data import (document, global_tokens, key_lengths,
+from efficient_attention.attention.masks.data import (document, from_array, global_tokens, key_lengths,
                                   key_starts, prefix_lm, query_lengths,
                                   random_blocks)
 from efficient_attention.attention.masks.patterns import (causal, chunked, fixed, sliding_window,
@@ -64,6 +65,7 @@ __all__ = [
     'document',
     'evaluate',
     'fixed',
+    'from_array',
     'from_arguments',
     'global_tokens',
     'key_lengths',

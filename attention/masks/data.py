@@ -304,3 +304,52 @@ def prefix_lm(prefix_length) -> Mask:
   first `prefix_length` keys (int, or int `[B]`) and, after them, causally."""
   return causal() | _before('prefix_lm prefix_length', prefix_length,
                             of_keys=True)
+
+
+@pytree('array')
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayMask(Mask):
+  """A boolean array `[B|1, N|1, T, S]` as a mask object, so that it can
+  be combined with others (`jax.nn`'s `mask=`). Its tiles are summarised
+  as visible-somewhere and never full: every tile is visited and masked."""
+
+  array: Any
+
+  @property
+  def static(self):
+    return False
+
+  @property
+  def per_example(self):
+    return self.array.shape[0] > 1
+
+  @property
+  def per_head(self):
+    return self.array.shape[1] > 1
+
+  @property
+  def count(self):
+    return self.array.shape[1]
+
+  @property
+  def batch_size(self):
+    return self.array.shape[0] if self.per_example else None
+
+  def __call__(self, batch, head, q, k):
+    B, N, T, S = self.array.shape
+    index = lambda i, size: 0 if size == 1 else jnp.clip(i, 0, size - 1)
+    return self.array[index(batch, B), head % N, index(q, T), index(k, S)]
+
+  def summary(self, grid: Grid):
+    return full(grid, np.ones((1, 1), bool), np.zeros((1, 1), bool))
+
+
+def from_array(mask) -> Mask:
+  """`jax.nn`'s boolean (or 0/1) `mask` array, broadcasting to
+  `[B, N, T, S]`, as a `Mask` (for combining with pattern masks)."""
+  array = jnp.asarray(mask)
+  if array.ndim > 4:
+    raise ValueError(f'mask must broadcast to [B, N, T, S], got shape '
+                     f'{array.shape}')
+  array = array.reshape((1,) * (4 - array.ndim) + array.shape)
+  return ArrayMask(array != 0 if array.dtype != jnp.bool_ else array)

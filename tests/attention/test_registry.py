@@ -21,6 +21,9 @@ CONFORMANCE = {
     # One chunk: exact shared-QK attention (test_lsh.py tests the hashing).
     'lsh': dict(chunk_size=64, num_buckets=4),
     'performer': dict(chunk_size=5, num_features=32),
+    # Period 6 on 37 positions; tiles that divide nothing.
+    'sparse_transformer': dict(stride=6, summary=2, query_chunk_size=16,
+                               key_chunk_size=5),
     'xl': dict(segment_size=8, memory_length=5, chunk_size=4),
 }
 REFUSED_VALUES = dict(bias=jnp.zeros((1, 1, 37, 37)),

@@ -37,7 +37,8 @@ def test_each_mechanism_gets_its_family_layer():
           'performer': layers.PerformerAttention,
           'lsh': layers.LSHAttention,
           'infini': layers.InfiniAttention,
-          'xl': layers.XLAttention}
+          'xl': layers.XLAttention,
+          'sparse_transformer': layers.MultiHeadAttention}
   assert set(want) == set(attention.names())
   for name, cls in want.items():
     assert layers.layer_class(name) is cls

@@ -1,0 +1,188 @@
+"""Exact attention under a fixed sparse pattern, at the cost of the pattern.
+
+A sparse mechanism here is blockwise attention (`attention.exact`) with a
+pattern mask, in one or more parts: one pattern for every head, or one per
+head (`masks.per_head`: head h takes part `h % parts`, the Sparse
+Transformer's factorisation over heads). Each part says how its pattern
+becomes dense tiles:
+
+  direct   the pattern is local (windows, blocks, random blocks, global
+           tokens): tile skipping alone visits what it needs.
+  residue  the pattern is strided with period l: queries and keys are
+           reordered residue-major (`layouts.by_residue`), where it is
+           block-diagonal, and the output is put back in order.
+  ends     the pattern is the last c positions of each block of l: those
+           keys are gathered (`layouts.block_ends`) and attended densely.
+
+The reordered path serves self-attention of a whole sequence (T = S, no
+query offset, no bias array, no position-dependent score such as ALiBi, no
+per-head user mask); any other call (decoding steps, cross-attention, a
+bias) takes the mask path, the pattern evaluated per tile at its absolute
+positions: the same result, at the cost of the tiles the pattern touches.
+Both paths take every argument of `blockwise_attention` and its chunk
+sizes; causality, windows, lengths and user masks are evaluated at the
+original positions in either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Callable, Sequence
+
+from efficient_attention.attention import arguments as arguments_lib
+from efficient_attention.attention import masks
+from efficient_attention.attention import options as options_lib
+from efficient_attention.attention.exact import blockwise
+from efficient_attention.attention.sparse import layouts
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One half of a factorised pattern (or the whole of an unfactorised
+  one): its mask of positions and how it is tiled (see the module doc)."""
+
+  pattern: masks.Mask
+  tiling: str = 'direct'  # 'direct', 'residue' or 'ends'
+  period: int = 1  # l, for 'residue' and 'ends'
+  count: int = 1  # c, the gathered positions per block, for 'ends'
+
+
+def pattern_mask(parts: Sequence[Part]) -> masks.Mask:
+  """The whole pattern as one mask: head h sees `parts[h % len(parts)]`."""
+  if len(parts) == 1:
+    return parts[0].pattern
+  return masks.per_head(*[p.pattern for p in parts])
+
+
+# The arguments every patterned mechanism takes: blockwise attention's.
+_BLOCKWISE = inspect.signature(blockwise.blockwise_attention)
+_SHARED = [p for n, p in _BLOCKWISE.parameters.items()
+           if n not in blockwise.BlockwiseOptions.names()]
+
+
+def signature(options_type: type[options_lib.Options],
+              data: Sequence[str] = ()) -> inspect.Signature:
+  """Blockwise attention's signature with `data` keywords (default None)
+  and `options_type`'s fields as keyword-only options."""
+  keyword = inspect.Parameter.KEYWORD_ONLY
+  shared = [p for p in _SHARED if p.name != 'return_residual']
+  last = [p for p in _SHARED if p.name == 'return_residual']
+  return _BLOCKWISE.replace(parameters=(
+      shared + [inspect.Parameter(n, keyword, default=None,
+                                  annotation='ArrayLike | None')
+                for n in data] +
+      [inspect.Parameter(f.name, keyword, annotation=f.type)
+       for f in dataclasses.fields(options_type)] + last))
+
+
+def mechanism(name: str, options_type: type[options_lib.Options],
+              parts: Callable[..., Sequence[Part]],
+              data: Sequence[str] = (), module: str | None = None
+              ) -> Callable:
+  """A patterned attention function, decorated to take `options_type`
+  (`module`: the defining module's name, for errors and docs).
+
+  `parts(options, T, S, **data)` gives the pattern's parts for a `[T, S]`
+  problem; `options` is the typed options, `data` the mechanism's own
+  array arguments (Longformer's global positions), passed by keyword.
+  The function's docstring is the caller's to set.
+  """
+  option_names = options_type.names()
+  chunk_names = blockwise.BlockwiseOptions.names()
+
+  def fn(query, key, value, bias=None, mask=None, **kwargs):
+    options = options_type(**{n: kwargs.pop(n) for n in option_names})
+    extra = {n: kwargs.pop(n, None) for n in data}
+    chunks = {n: getattr(options, n) for n in chunk_names}
+    return attend(name, query, key, value, bias, mask, chunks=chunks,
+                  parts=lambda T, S: parts(options, T, S, **extra),
+                  **kwargs)
+
+  fn.__name__ = fn.__qualname__ = name
+  fn.__module__ = module or __name__
+  fn.__signature__ = signature(options_type, data)
+  return arguments_lib.any_batch_rank(options_lib.takes(options_type)(fn))
+
+
+def attend(name, query, key, value, bias, mask, *, chunks, parts,
+           scale=None, is_causal=False, query_seq_lengths=None,
+           key_value_seq_lengths=None, local_window_size=None,
+           dropout_rng=None, dropout_rate=0.0, broadcast_dropout=True,
+           deterministic=True, dtype=None, precision=None, module=None,
+           alibi_slopes=None, logits_soft_cap=None, query_offset=None,
+           score=None, return_residual=False):
+  """Blockwise attention under `parts(T, S)` (see the module doc)."""
+  del dropout_rng, broadcast_dropout
+  args = arguments_lib.parse(
+      name, query, key, value, scale=scale,
+      local_window_size=local_window_size,
+      query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths, dtype=dtype,
+      dropout_rate=dropout_rate, deterministic=deterministic, module=module,
+      alibi_slopes=alibi_slopes, logits_soft_cap=logits_soft_cap)
+  if args.dims.T == 0 or args.dims.S == 0:
+    return arguments_lib.empty_output(args, return_residual)
+  user, dense = masks.split(mask)
+  user = masks.all_of(user, None if dense is None else
+                      masks.from_array(dense))
+  T, S = args.dims.T, args.dims.S
+  if user is not None:
+    user = masks.checked_batch(user, args.dims.B).bind(T, S)
+  the_parts = parts(T, S)
+  kernel = lambda q, k, v, **more: blockwise.blockwise_attention(
+      q, k, v, scale=args.scale, logits_soft_cap=args.logits_soft_cap,
+      precision=precision, return_residual=return_residual, **chunks,
+      **more)
+  reorder = (T == S and query_offset is None and bias is None and
+             args.alibi_slopes is None and score is None and
+             not (user is not None and user.per_head) and
+             any(p.tiling != 'direct' for p in the_parts))
+  if not reorder:
+    return kernel(args.query, args.key, args.value, bias=bias,
+                  mask=masks.all_of(pattern_mask(the_parts), user),
+                  is_causal=is_causal, query_seq_lengths=args.q_len,
+                  key_value_seq_lengths=args.kv_len,
+                  local_window_size=args.window, alibi_slopes=args.alibi_slopes,
+                  query_offset=query_offset, score=score)
+  where = masks.all_of(
+      user, *masks.from_arguments(is_causal, args.window, args.q_len,
+                                  args.kv_len))
+  inputs = (args.query, args.key, args.value)
+  split = (layouts.split_heads(*inputs, len(the_parts))
+           if len(the_parts) > 1 else [inputs])
+  outs = [_reordered(kernel, part, where, *qkv)
+          for part, qkv in zip(the_parts, split)]
+  if len(outs) > 1:  # outputs [B, T, N, H] (and log-sum-exps [B, T, N])
+    merge = lambda xs: layouts.merge_heads(xs, args.dims.K)
+    outs = [merge(outs) if not return_residual else
+            (merge([o for o, _ in outs]),
+             merge([r[..., None] for _, r in outs])[..., 0])]
+  return outs[0]
+
+
+def _reordered(kernel, part: Part, where, query, key, value):
+  """One part of a self-attention call, in the order that tiles it."""
+  T = query.shape[1]
+  visible = masks.all_of(part.pattern, where)
+  if part.tiling == 'direct':
+    return kernel(query, key, value, mask=visible)
+  identity = layouts.Layout()
+  if part.tiling == 'ends':
+    gather = lambda x: layouts.block_ends(x, part.period, part.count)
+    ends = layouts.Layout('ends', part.period, part.count)
+    visible = layouts.at_positions(
+        masks.all_of(visible, masks.key_lengths(T)), identity, ends)
+    return kernel(query, gather(key), gather(value), mask=visible)
+  l = part.period
+  M = -(-T // l)  # positions per residue class
+  residue = layouts.Layout('residue', l, M)
+  # Same class is block-diagonal in the reordered index; the rest is
+  # evaluated at the positions the indices hold (padding past T masked).
+  visible = masks.all_of(masks.chunked(M), layouts.at_positions(
+      masks.all_of(visible, masks.key_lengths(T)), residue, residue))
+  reordered = [layouts.by_residue(x, l, M) for x in (query, key, value)]
+  out = kernel(*reordered, mask=visible)
+  back = lambda x: layouts.from_residue(x, l, M, T)
+  return tuple(map(back, out)) if isinstance(out, tuple) else back(out)
+
