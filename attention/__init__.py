@@ -19,6 +19,7 @@ from efficient_attention.attention.hashing.lsh import lsh_attention
 from efficient_attention.attention.kernelized.performer import draw_projection, performer_attention
 from efficient_attention.attention.exact.reference import dot_product_attention
 from efficient_attention.attention.memory.xl import xl_attention
+from efficient_attention.attention.sparse.longformer import longformer_attention
 from efficient_attention.attention.sparse.sparse_transformer import sparse_transformer_attention
 from efficient_attention.attention.registry import Mechanism, get, names, register
 from efficient_attention.attention.spec import AttentionSpec
@@ -33,6 +34,7 @@ __all__ = [
     'get',
     'infini_attention',
     'linear_attention',
+    'longformer_attention',
     'masks',
     'lsh_attention',
     'names',

@@ -3,7 +3,8 @@
 A `Mask` says which keys each query may see as a function of integer arrays
 that broadcast together, `mask(batch, head, q, k) -> bool` (FlexAttention's
 `mask_mod(b, h, q_idx, kv_idx)`). Kernels evaluate it per tile from `iota`
-positions and never form a `[T, S]` array. Masks compose with `&` and `|`.
+positions and never form a `[T, S]` array. Masks compose with `&`, `|`
+and `~`.
 
 A mask also summarises a grid of tiles without looking inside them,
 `mask.summary(grid) -> (some, every)`, bool `[B|1, num_q, num_k]`: `some`
@@ -21,6 +22,7 @@ on device, from each chunk's smallest and largest values. The masks::
   fixed(block, summary)        same block, or k among   arXiv 1904.10509
                                the last `summary` of its block
   global_tokens(positions)     q or k listed: Longformer, arXiv 2004.05150
+  listed_keys(positions)       k listed (per example)
   random_blocks(n, size, seed) n key blocks drawn per query block: BigBird,
                                arXiv 2007.14062 (one fixed draw)
   document(segment_ids)        same segment (packed sequences)
@@ -38,7 +40,8 @@ and `render(layout)` draws them as text.
 
 from efficient_attention.attention.masks.base import (Grid, Mask, all_of, checked_batch, evaluate,
                                   per_head, render, split)
-from efficient_attention.attention.masks.data import (document, from_array, global_tokens, key_lengths,
+from efficient_attention.attention.masks.data import (document, from_array, global_tokens,
+                                  listed_keys, key_lengths,
                                   key_starts, prefix_lm, query_lengths,
                                   random_blocks)
 from efficient_attention.attention.masks.patterns import (causal, chunked, fixed, sliding_window,
@@ -70,6 +73,7 @@ __all__ = [
     'global_tokens',
     'key_lengths',
     'key_starts',
+    'listed_keys',
     'per_head',
     'prefix_lm',
     'query_lengths',

@@ -126,6 +126,9 @@ class Mask:
   def __or__(self, other: 'Mask') -> 'Mask':
     return Combined('or', (self, _checked(other)))
 
+  def __invert__(self) -> 'Mask':
+    return Not(self)
+
   def dense(self, T: int, S: int, *, num_heads: int | None = None):
     """The mask as a NumPy bool array `[B?, N?, T, S]`, with the B axis
     only for a per-example mask and N only for a per-head one (`num_heads`,
@@ -213,6 +216,50 @@ class Combined(Mask):
     for s, e in parts[1:]:
       some, every = pick(some, s), pick(every, e)
     return some, every
+
+
+class Wrapper(Mask):
+  """A mask made from one other, `self.inner`, whose data, heads and batch
+  it shares."""
+
+  inner: Mask
+
+  @property
+  def per_example(self):
+    return self.inner.per_example
+
+  @property
+  def per_head(self):
+    return self.inner.per_head
+
+  @property
+  def count(self):
+    return self.inner.count
+
+  @property
+  def batch_size(self):
+    return self.inner.batch_size
+
+
+@pytree('inner')
+@dataclasses.dataclass(frozen=True, eq=False)
+class Not(Wrapper):
+  """`~mask`: what `inner` hides. Its summary is the inner one's turned
+  over (no pair visible in `inner` -> all visible here, and back), so it
+  stays sound."""
+
+  inner: Mask
+
+  def bind(self, T, S):
+    return Not(self.inner.bind(T, S))
+
+  def __call__(self, batch, head, q, k):
+    return ~self.inner(batch, head, q, k)
+
+  def summary(self, grid):
+    some, every = self.inner.summary(grid)
+    xp = xp_of(some, every)
+    return xp.logical_not(every), xp.logical_not(some)
 
 
 @pytree('patterns')

@@ -55,9 +55,11 @@ class GlobalTokens(Mask):
 @pytree('positions')
 @dataclasses.dataclass(frozen=True, eq=False)
 class GlobalTokensPerExample(Mask):
-  """Global positions per example: int `[B, P]`, entries < 0 unused."""
+  """Global positions per example: int `[B, P]`, entries < 0 unused; the
+  listed keys are seen by all, and with `rows` the listed queries see all."""
 
   positions: Any
+  rows: bool = True
   per_example = True
 
   @property
@@ -65,26 +67,35 @@ class GlobalTokensPerExample(Mask):
     return self.positions.shape[0]
 
   def __call__(self, batch, head, q, k):
-    rows = self.positions[batch]  # batch's shape + [P]
-    return (jnp.any(q[..., None] == rows, -1) |
-            jnp.any(k[..., None] == rows, -1))
+    listed = self.positions[batch]  # batch's shape + [P]
+    seen = jnp.any(k[..., None] == listed, -1)
+    return seen | jnp.any(q[..., None] == listed, -1) if self.rows else seen
 
   def summary(self, grid: Grid):
     # Unused entries sort last, out of every range.
     listed = jnp.sort(jnp.where(self.positions < 0, _NOWHERE,
                                 self.positions), axis=-1)
-    return _global_summary(grid, listed)
+    return _global_summary(grid, listed, self.rows)
 
 
-def _global_summary(grid, listed):
+def listed_keys(positions) -> Mask:
+  """Keys at `positions` (int `[B, P]`, entries below 0 unused) are
+  visible, to every query; `~listed_keys(p)` hides them."""
+  return GlobalTokensPerExample(
+      _int_array('listed_keys positions', positions, 2), rows=False)
+
+
+def _global_summary(grid, listed, rows=True):
   (q_lo, q_hi), (k_lo, k_hi) = grid.q_range(), grid.k_range()
   if listed.ndim == 2:
     q_lo, q_hi, k_lo, k_hi = (x[None] for x in (q_lo, q_hi, k_lo, k_hi))
   xp = xp_of(listed, q_lo)
-  in_q = _count_between(listed, q_lo, q_hi, xp)
   in_k = _count_between(listed, k_lo, k_hi, xp)
-  return full(grid, (in_q > 0) | (in_k > 0),
-              (in_q == q_hi - q_lo + 1) | (in_k == k_hi - k_lo + 1))
+  some, every = in_k > 0, in_k == k_hi - k_lo + 1
+  if rows:
+    in_q = _count_between(listed, q_lo, q_hi, xp)
+    some, every = some | (in_q > 0), every | (in_q == q_hi - q_lo + 1)
+  return full(grid, some, every)
 
 
 def global_tokens(positions) -> Mask:

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficient_attention.attention import masks
-from efficient_attention.attention.masks.base import Grid, Mask, full, pytree
+from efficient_attention.attention.masks.base import (Grid, Mask, Wrapper, full,
+                                                     pytree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,7 @@ class MappedGrid(Grid):
 
 @pytree('inner')
 @dataclasses.dataclass(frozen=True, eq=False)
-class AtPositions(Mask):
+class AtPositions(Wrapper):
   """`inner` (a mask of positions) evaluated where the layouts put them.
 
   A static `inner` is summarised on the hulls of each chunk's positions; a
@@ -91,22 +92,6 @@ class AtPositions(Mask):
   inner: Mask
   q_layout: Layout
   k_layout: Layout
-
-  @property
-  def per_example(self):
-    return self.inner.per_example
-
-  @property
-  def per_head(self):
-    return self.inner.per_head
-
-  @property
-  def count(self):
-    return self.inner.count
-
-  @property
-  def batch_size(self):
-    return self.inner.batch_size
 
   def __call__(self, batch, head, q, k):
     return self.inner(batch, head, self.q_layout.position(q),
@@ -205,3 +190,68 @@ def at_positions(mask: Mask | None, q_layout: Layout, k_layout: Layout
       None if static is None else AtPositions(static, q_layout, k_layout),
       None if data is None else AtPositions(data, q_layout, k_layout))
 
+
+
+@pytree()
+@dataclasses.dataclass(frozen=True, eq=False)
+class KeyRange(Mask):
+  """Keys with index in `[start, stop)`: one segment of concatenated keys."""
+
+  start: int
+  stop: int
+
+  def __call__(self, batch, head, q, k):
+    return (k >= self.start) & (k < self.stop)
+
+  def summary(self, grid: Grid):
+    k_lo, k_hi = grid.k_range()
+    return full(grid, (k_hi >= self.start) & (k_lo < self.stop),
+                (k_lo >= self.start) & (k_hi < self.stop))
+
+
+@pytree('inner', 'q_table', 'k_table')
+@dataclasses.dataclass(frozen=True, eq=False)
+class Gathered(Mask):
+  """`inner` at the positions of gathered rows: a query index q holds
+  position `q_table[b, q]` (or `q_layout`'s, without a table), a key index
+  k holds `k_table[b, k - k_offset]` (or `k_layout`'s); table entries
+  below 0 are unused, hence hidden. Summarised as visible-somewhere,
+  never-full (gathered rows are few: one tile or so)."""
+
+  inner: Mask | None
+  q_table: Any = None  # int [B, P] or None
+  k_table: Any = None  # int [B, P] or None
+  q_layout: Layout = Layout()
+  k_layout: Layout = Layout()
+  k_offset: int = 0
+  per_example = True
+
+  @property
+  def batch_size(self):
+    table = self.q_table if self.q_table is not None else self.k_table
+    return table.shape[0]
+
+  @staticmethod
+  def _lookup(table, batch, index):
+    index = jnp.clip(index, 0, table.shape[1] - 1)
+    return table[batch, index]
+
+  def __call__(self, batch, head, q, k):
+    visible = True
+    if self.q_table is not None:
+      q = self._lookup(self.q_table, batch, q)
+      visible = q >= 0
+    else:
+      q = self.q_layout.position(q)
+    if self.k_table is not None:
+      k = self._lookup(self.k_table, batch, k - self.k_offset)
+      visible = visible & (k >= 0)
+    else:
+      k = self.k_layout.position(k)
+    if self.inner is None:
+      return jnp.broadcast_to(visible, jnp.broadcast_shapes(
+          jnp.shape(q), jnp.shape(k)))
+    return visible & self.inner(batch, head, q, k)
+
+  def summary(self, grid: Grid):
+    return full(grid, np.ones((1, 1), bool), np.zeros((1, 1), bool))

@@ -30,6 +30,8 @@ import dataclasses
 import inspect
 from typing import Callable, Sequence
 
+import jax.numpy as jnp
+
 from efficient_attention.attention import arguments as arguments_lib
 from efficient_attention.attention import masks
 from efficient_attention.attention import options as options_lib
@@ -78,15 +80,17 @@ def signature(options_type: type[options_lib.Options],
 
 def mechanism(name: str, options_type: type[options_lib.Options],
               parts: Callable[..., Sequence[Part]],
-              data: Sequence[str] = (), module: str | None = None
+              data: Sequence[str] = (), module: str | None = None,
+              global_positions: Callable[..., object] | None = None
               ) -> Callable:
   """A patterned attention function, decorated to take `options_type`
   (`module`: the defining module's name, for errors and docs).
 
-  `parts(options, T, S, **data)` gives the pattern's parts for a `[T, S]`
-  problem; `options` is the typed options, `data` the mechanism's own
-  array arguments (Longformer's global positions), passed by keyword.
-  The function's docstring is the caller's to set.
+  `parts(options, T, S)` gives the pattern's parts for a `[T, S]`
+  problem; `options` is the typed options. `data` names the mechanism's
+  own array arguments (Longformer's global positions), which
+  `global_positions(options, B, **data)` turns into the global positions
+  int `[B, P]` (None: none). The docstring is the caller's to set.
   """
   option_names = options_type.names()
   chunk_names = blockwise.BlockwiseOptions.names()
@@ -95,9 +99,11 @@ def mechanism(name: str, options_type: type[options_lib.Options],
     options = options_type(**{n: kwargs.pop(n) for n in option_names})
     extra = {n: kwargs.pop(n, None) for n in data}
     chunks = {n: getattr(options, n) for n in chunk_names}
+    positions = None if global_positions is None else (
+        lambda B: global_positions(options, B, **extra))
     return attend(name, query, key, value, bias, mask, chunks=chunks,
-                  parts=lambda T, S: parts(options, T, S, **extra),
-                  **kwargs)
+                  parts=lambda T, S: parts(options, T, S),
+                  global_positions=positions, **kwargs)
 
   fn.__name__ = fn.__qualname__ = name
   fn.__module__ = module or __name__
@@ -106,13 +112,14 @@ def mechanism(name: str, options_type: type[options_lib.Options],
 
 
 def attend(name, query, key, value, bias, mask, *, chunks, parts,
-           scale=None, is_causal=False, query_seq_lengths=None,
+           global_positions=None, scale=None, is_causal=False, query_seq_lengths=None,
            key_value_seq_lengths=None, local_window_size=None,
            dropout_rng=None, dropout_rate=0.0, broadcast_dropout=True,
            deterministic=True, dtype=None, precision=None, module=None,
            alibi_slopes=None, logits_soft_cap=None, query_offset=None,
            score=None, return_residual=False):
-  """Blockwise attention under `parts(T, S)` (see the module doc)."""
+  """Blockwise attention under `parts(T, S)`, and the global positions
+  `global_positions(B)` where given (see the module doc)."""
   del dropout_rng, broadcast_dropout
   args = arguments_lib.parse(
       name, query, key, value, scale=scale,
@@ -130,6 +137,8 @@ def attend(name, query, key, value, bias, mask, *, chunks, parts,
   if user is not None:
     user = masks.checked_batch(user, args.dims.B).bind(T, S)
   the_parts = parts(T, S)
+  positions = None if global_positions is None else global_positions(
+      args.dims.B)
   kernel = lambda q, k, v, **more: blockwise.blockwise_attention(
       q, k, v, scale=args.scale, logits_soft_cap=args.logits_soft_cap,
       precision=precision, return_residual=return_residual, **chunks,
@@ -137,10 +146,16 @@ def attend(name, query, key, value, bias, mask, *, chunks, parts,
   reorder = (T == S and query_offset is None and bias is None and
              args.alibi_slopes is None and score is None and
              not (user is not None and user.per_head) and
-             any(p.tiling != 'direct' for p in the_parts))
+             (any(p.tiling != 'direct' for p in the_parts) or
+              positions is not None) and
+             (positions is None or (len(the_parts) == 1 and
+                                    not return_residual)))
   if not reorder:
+    pattern = pattern_mask(the_parts)
+    if positions is not None:
+      pattern = pattern | masks.global_tokens(positions)
     return kernel(args.query, args.key, args.value, bias=bias,
-                  mask=masks.all_of(pattern_mask(the_parts), user),
+                  mask=masks.all_of(pattern, user),
                   is_causal=is_causal, query_seq_lengths=args.q_len,
                   key_value_seq_lengths=args.kv_len,
                   local_window_size=args.window, alibi_slopes=args.alibi_slopes,
@@ -149,6 +164,8 @@ def attend(name, query, key, value, bias, mask, *, chunks, parts,
       user, *masks.from_arguments(is_causal, args.window, args.q_len,
                                   args.kv_len))
   inputs = (args.query, args.key, args.value)
+  if positions is not None:
+    return _with_globals(kernel, the_parts[0], where, *inputs, positions)
   split = (layouts.split_heads(*inputs, len(the_parts))
            if len(the_parts) > 1 else [inputs])
   outs = [_reordered(kernel, part, where, *qkv)
@@ -186,3 +203,60 @@ def _reordered(kernel, part: Part, where, query, key, value):
   back = lambda x: layouts.from_residue(x, l, M, T)
   return tuple(map(back, out)) if isinstance(out, tuple) else back(out)
 
+
+
+def unique_positions(positions_BP, length: int):
+  """Global positions int `[B, P]` sorted, with duplicates and entries
+  outside `[0, length)` set to -1 (unused): each is gathered once."""
+  nowhere = jnp.int32(2**30)
+  p = jnp.asarray(positions_BP, jnp.int32)
+  p = jnp.sort(jnp.where((p >= 0) & (p < length), p, nowhere), axis=-1)
+  repeated = jnp.concatenate([jnp.zeros_like(p[:, :1], bool),
+                              p[:, 1:] == p[:, :-1]], axis=1)
+  return jnp.where(repeated | (p == nowhere), -1, p)
+
+
+def gather_rows(x_BT, positions_BP):
+  """Rows `x[b, positions[b, j]]`: `[B, P, ...]`, zero at unused (-1)."""
+  index = jnp.maximum(positions_BP, 0)
+  index = index.reshape(index.shape + (1,) * (x_BT.ndim - 2))
+  rows = jnp.take_along_axis(x_BT, index, axis=1)
+  used = (positions_BP >= 0).reshape(index.shape)
+  return jnp.where(used, rows, 0)
+
+
+def _with_globals(kernel, part: Part, where, query, key, value, positions):
+  """Self-attention under a local pattern and global positions, at the cost
+  of what it computes: the local pattern tiled as its part says, with the
+  global keys (gathered, `[B, P]`) appended after the keys and hidden from
+  the local segment; the global queries' rows (gathered) then attend to
+  every key and replace theirs."""
+  B, T = query.shape[:2]
+  positions = unique_positions(positions, T)
+  P = positions.shape[1]
+  local = masks.all_of(part.pattern, where, ~masks.listed_keys(positions))
+  if part.tiling == 'residue':
+    l = part.period
+    M = -(-T // l)
+    layout = layouts.Layout('residue', l, M)
+    order = lambda x: layouts.by_residue(x, l, M)
+    local = masks.all_of(masks.chunked(M), layouts.at_positions(
+        masks.all_of(local, masks.key_lengths(T)), layout, layout))
+  elif part.tiling == 'direct':
+    layout, order = layouts.Layout(), lambda x: x
+  else:
+    raise ValueError(f'global positions with a {part.tiling!r} part')
+  S1 = order(key).shape[1]
+  mask = ((layouts.KeyRange(0, S1) & local) |
+          (layouts.KeyRange(S1, S1 + P) & layouts.Gathered(
+              where, k_table=positions, q_layout=layout, k_offset=S1)))
+  keys, values = (jnp.concatenate([order(x), gather_rows(x, positions)], 1)
+                  for x in (key, value))
+  out = kernel(order(query), keys, values, mask=mask)
+  if part.tiling == 'residue':
+    out = layouts.from_residue(out, part.period, -(-T // part.period), T)
+  rows = kernel(gather_rows(query, positions), key, value,
+                mask=layouts.Gathered(where, q_table=positions))
+  batch = jnp.arange(B)[:, None]
+  return out.at[batch, jnp.where(positions >= 0, positions, T)].set(
+      rows.astype(out.dtype), mode='drop')

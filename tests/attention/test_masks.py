@@ -58,6 +58,11 @@ def definition(name, t, s):
     return np.stack([np.broadcast_to(k < n, (t, s)) for n in PREFIX])
   if name == 'query_lengths':
     return np.stack([np.broadcast_to(q < n, (t, s)) for n in PREFIX])
+  if name == 'listed_keys':
+    return np.stack([np.broadcast_to(np.isin(k, row[row >= 0]), (t, s))
+                     for row in GLOBAL])
+  if name.startswith('not_'):
+    return ~definition(name[4:], t, s)
   raise KeyError(name)
 
 
@@ -76,6 +81,9 @@ MASKS = {
     'prefix_lm': lambda: masks.prefix_lm(jnp.asarray(PREFIX)),
     'key_lengths': lambda: masks.key_lengths(jnp.asarray(PREFIX)),
     'query_lengths': lambda: masks.query_lengths(jnp.asarray(PREFIX)),
+    'listed_keys': lambda: masks.listed_keys(jnp.asarray(GLOBAL)),
+    'not_window': lambda: ~masks.sliding_window(4, 2),
+    'not_listed_keys': lambda: ~masks.listed_keys(jnp.asarray(GLOBAL)),
 }
 
 

@@ -21,6 +21,9 @@ CONFORMANCE = {
     # One chunk: exact shared-QK attention (test_lsh.py tests the hashing).
     'lsh': dict(chunk_size=64, num_buckets=4),
     'performer': dict(chunk_size=5, num_features=32),
+    # A dilated window with one global token: decodes from the KV cache.
+    'longformer': dict(window=4, dilation=2, global_tokens=1,
+                       query_chunk_size=16, key_chunk_size=5),
     # Period 6 on 37 positions; tiles that divide nothing.
     'sparse_transformer': dict(stride=6, summary=2, query_chunk_size=16,
                                key_chunk_size=5),

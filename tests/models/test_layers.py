@@ -38,7 +38,8 @@ def test_each_mechanism_gets_its_family_layer():
           'lsh': layers.LSHAttention,
           'infini': layers.InfiniAttention,
           'xl': layers.XLAttention,
-          'sparse_transformer': layers.MultiHeadAttention}
+          'sparse_transformer': layers.MultiHeadAttention,
+          'longformer': layers.MultiHeadAttention}
   assert set(want) == set(attention.names())
   for name, cls in want.items():
     assert layers.layer_class(name) is cls
