@@ -19,6 +19,7 @@ from efficient_attention.attention.hashing.lsh import lsh_attention
 from efficient_attention.attention.kernelized.performer import draw_projection, performer_attention
 from efficient_attention.attention.exact.reference import dot_product_attention
 from efficient_attention.attention.memory.xl import xl_attention
+from efficient_attention.attention.sparse.bigbird import bigbird_attention
 from efficient_attention.attention.sparse.longformer import longformer_attention
 from efficient_attention.attention.sparse.sparse_transformer import sparse_transformer_attention
 from efficient_attention.attention.registry import Mechanism, get, names, register
@@ -27,6 +28,7 @@ from efficient_attention.attention.spec import AttentionSpec
 __all__ = [
     'AttentionSpec',
     'attention_fn',
+    'bigbird_attention',
     'Mechanism',
     'blockwise_attention',
     'dot_product_attention',

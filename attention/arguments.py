@@ -38,7 +38,8 @@ class Arguments:
 
 # The mechanisms with a softmax over all keys, hence a log-sum-exp to return.
 WITH_RESIDUAL = ('dot_product_attention', 'blockwise_attention',
-                 'sparse_transformer_attention', 'longformer_attention')
+                 'sparse_transformer_attention', 'longformer_attention',
+                 'bigbird_attention')
 # The mechanisms that form attention weights, hence can sow them.
 SOWING = ('dot_product_attention',)
 

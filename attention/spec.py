@@ -36,6 +36,7 @@ MASKS = {
     'causal': masks.causal,
     'sliding_window': masks.sliding_window,
     'chunked': masks.chunked,
+    'block_window': masks.block_window,
     'strided': masks.strided,
     'fixed': masks.fixed,
     'global_tokens': masks.global_tokens,

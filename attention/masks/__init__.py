@@ -18,6 +18,7 @@ on device, from each chunk's smallest and largest values. The masks::
   causal(offset=0)             k <= q + offset (offset S - T: bottom-right)
   sliding_window(left, right)  q - left <= k <= q + right
   chunked(size)                q // size == k // size (block-local)
+  block_window(size, l, r)     key blocks l before to r after q's block
   strided(stride)              (q - k) % stride == 0    Child et al. 2019,
   fixed(block, summary)        same block, or k among   arXiv 1904.10509
                                the last `summary` of its block
@@ -44,7 +45,8 @@ from efficient_attention.attention.masks.data import (document, from_array, glob
                                   listed_keys, key_lengths,
                                   key_starts, prefix_lm, query_lengths,
                                   random_blocks)
-from efficient_attention.attention.masks.patterns import (causal, chunked, fixed, sliding_window,
+from efficient_attention.attention.masks.patterns import (block_window, causal, chunked, fixed,
+                                      sliding_window,
                                       strided)
 
 
@@ -59,6 +61,7 @@ def from_arguments(is_causal, window, q_len, kv_len) -> list:
 
 
 __all__ = [
+    'block_window',
     'Grid',
     'Mask',
     'all_of',

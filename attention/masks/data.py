@@ -122,23 +122,40 @@ class RandomBlocks(Mask):
   num_blocks: int
   block_size: int
   seed: int
-  # Once bound: key block ids per query block (a tuple: static and hashed).
+  # Blocks never drawn: within `radius` of the query block (-1: none), the
+  # first `skip_first`, and with `causal` any after the query block.
+  radius: int = -1
+  skip_first: int = 0
+  causal: bool = False
+  # Once bound: key block ids per query block, -1 padded (a tuple: static
+  # and hashed).
   table: tuple[tuple[int, ...], ...] | None = None
 
+  def _draw(self, i, num_k):
+    candidates = np.arange(min(num_k, i + 1) if self.causal else num_k)
+    candidates = candidates[(np.abs(candidates - i) > self.radius) &
+                            (candidates >= self.skip_first)]
+    draws = min(self.num_blocks, candidates.size)
+    picked = np.random.default_rng((self.seed, i)).choice(
+        candidates, draws, replace=False) if draws else []
+    return [int(b) for b in picked] + [-1] * (self.num_blocks - draws)
+
   def bind(self, T, S):
+    if self.table is not None:  # drawn already: a mask keeps its draw
+      return self
     bs = self.block_size
-    num_q, num_k = -(-T // bs), -(-S // bs)
-    draws = min(self.num_blocks, num_k)
-    table = tuple(tuple(int(b) for b in np.random.default_rng(
-        (self.seed, i)).choice(num_k, draws, replace=False))
-                  for i in range(num_q))
+    # Causal draws depend on the query block only: decoding (a few queries
+    # at the end of a long cache) binds rows for every position up to S.
+    num_q = -(-(max(T, S) if self.causal else T) // bs)
+    num_k = -(-S // bs)
+    table = tuple(tuple(self._draw(i, num_k)) for i in range(num_q))
     return dataclasses.replace(self, table=table)
 
   def _table(self):
     if self.table is None:
       raise ValueError('random_blocks draws per sequence length: bind the '
                        'mask first (mask.bind(T, S)); kernels do')
-    return np.asarray(self.table, np.int32)
+    return np.asarray(self.table, np.int32).reshape(len(self.table), -1)
 
   def __call__(self, batch, head, q, k):
     table = jnp.asarray(self._table())
@@ -149,7 +166,8 @@ class RandomBlocks(Mask):
     table, bs = self._table(), self.block_size
     num_k = -(-grid.S // bs)
     blocks = np.zeros((table.shape[0], num_k), np.int32)
-    np.put_along_axis(blocks, table, 1, axis=1)
+    rows, drawn = np.nonzero((table >= 0) & (table < num_k))
+    blocks[rows, table[rows, drawn]] = 1
     # Visible block pairs in a rectangle of blocks, from 2-D prefix sums.
     sums = np.pad(blocks.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     (q_lo, q_hi), (k_lo, k_hi) = grid.q_range(), grid.k_range()
@@ -162,14 +180,28 @@ class RandomBlocks(Mask):
     return full(grid, count > 0, count == (i1 - i0) * (j1 - j0))
 
 
-def random_blocks(num_blocks: int, block_size: int, seed: int = 0) -> Mask:
+def random_blocks(num_blocks: int, block_size: int, seed: int = 0, *,
+                  radius: int = -1, skip_first: int = 0,
+                  causal: bool = False) -> Mask:
   """BigBird's random attention (Zaheer et al. 2020, arXiv 2007.14062): each
   block of `block_size` queries sees `num_blocks` key blocks drawn without
   replacement. The draw is a function of (seed, query block, number of key
-  blocks): the same in training and evaluation at a given length."""
+  blocks): the same in training and evaluation at a given length. Blocks
+  within `radius` of the query block and the first `skip_first` are not
+  drawn (BigBird draws outside its window and global blocks); with
+  `causal`, only blocks up to the query's are, and the draw no longer
+  depends on the length (decoding sees the draw training saw)."""
+  if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) \
+      or radius < -1:
+    raise ValueError(f'random_blocks radius must be an int >= -1, got '
+                     f'{radius!r}')
+  if isinstance(skip_first, bool) or not isinstance(
+      skip_first, (int, np.integer)) or skip_first < 0:
+    raise ValueError(f'random_blocks skip_first must be an int >= 0, got '
+                     f'{skip_first!r}')
   return RandomBlocks(positive_int('random_blocks num_blocks', num_blocks),
                       positive_int('random_blocks block_size', block_size),
-                      int(seed))
+                      int(seed), int(radius), int(skip_first), bool(causal))
 
 
 def _chunk_min_max(ids_BL, start, size, count):

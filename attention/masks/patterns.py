@@ -90,6 +90,43 @@ def chunked(size: int) -> Mask:
 
 @pytree()
 @dataclasses.dataclass(frozen=True, eq=False)
+class BlockWindow(Mask):
+  """Key blocks from `left` before to `right` after the query's block."""
+
+  size: int
+  left: int
+  right: int
+
+  def __call__(self, batch, head, q, k):
+    qb, kb = q // self.size, k // self.size
+    return (kb >= qb - self.left) & (kb <= qb + self.right)
+
+  def summary(self, grid: Grid):
+    (q_lo, q_hi), (k_lo, k_hi) = grid.q_range(), grid.k_range()
+    s = self.size
+    return full(grid,
+                (k_hi // s >= q_lo // s - self.left) &
+                (k_lo // s <= q_hi // s + self.right),
+                (k_lo // s >= q_hi // s - self.left) &
+                (k_hi // s <= q_lo // s + self.right))
+
+
+def block_window(size: int, left: int, right: int | None = None) -> Mask:
+  """BigBird's sliding blocks: the query's block of `size` positions sees
+  the key blocks from `left` blocks before it to `right` after (default
+  `left`): `block_window(b, 1)` is the paper's window of three blocks."""
+  size = positive_int('block_window size', size)
+  right = left if right is None else right
+  for name, value in (('left', left), ('right', right)):
+    if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+        or value < 0):
+      raise ValueError(f'block_window {name} must be an int >= 0, got '
+                       f'{value!r}')
+  return BlockWindow(size, int(left), int(right))
+
+
+@pytree()
+@dataclasses.dataclass(frozen=True, eq=False)
 class Strided(Mask):
   stride: int
 

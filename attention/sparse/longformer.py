@@ -70,9 +70,10 @@ class LongformerOptions(blockwise.BlockwiseOptions):
                                    self.global_tokens, allow_zero=True)
 
 
-def parts(options: LongformerOptions, T=None, S=None):
+def parts(options: LongformerOptions, T=None, S=None,
+          is_causal=False):
   """The local pattern: a window, residue-major when dilated."""
-  del T, S
+  del T, S, is_causal
   w, d = options.window, options.dilation
   if d == 1:
     return [patterned.Part(masks.sliding_window(w, w))]
@@ -115,7 +116,7 @@ longformer_attention = patterned.mechanism(
     'longformer_attention', LongformerOptions, parts,
     data=('global_positions',), module=__name__,
     global_positions=positions_of)
-longformer_attention.__doc__ = """Longformer attention.
+longformer_attention.__doc__ = f"""Longformer attention.
 
   Beltagy et al. 2020, arXiv 2004.05150: a sliding window of `window`
   positions on each side (dilated by `dilation`) and global positions that
@@ -123,21 +124,12 @@ longformer_attention.__doc__ = """Longformer attention.
   math and `pattern(options)` for the equivalent mask.
 
   Args:
-    query: `[B, T, N, H]`.
-    key: `[B, S, K, H]`, K dividing N.
-    value: `[B, S, K, H]`.
-    bias, mask, scale, is_causal, query_seq_lengths, key_value_seq_lengths,
-      local_window_size, alibi_slopes, logits_soft_cap, query_offset, score,
-      return_residual and Flax's keywords: as `blockwise_attention`,
-      combined with the pattern (a query sees what both allow).
-    global_positions: optional int `[B, P]`: each example's global
+{patterned.ARGUMENTS_DOC}    global_positions: optional int `[B, P]`: each example's global
       positions (entries below 0, or past T, unused; repeats count once).
     window, dilation, global_tokens, query_chunk_size, key_chunk_size: the
       options (`LongformerOptions`), as keywords or `options=`.
 
-  Returns:
-    `[B, T, N, H]` in the dtype of `query`; rows that see no key are zero.
-
+{patterned.RETURNS_DOC}
   Cost: O(B N T (2 w + 2 P) H) time, O(B N (C_q C_k + T H)) memory.
   """
 

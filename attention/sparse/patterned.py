@@ -57,6 +57,19 @@ def pattern_mask(parts: Sequence[Part]) -> masks.Mask:
   return masks.per_head(*[p.pattern for p in parts])
 
 
+# Docstring parts every patterned mechanism shares.
+ARGUMENTS_DOC = """    query: `[B, T, N, H]`.
+    key: `[B, S, K, H]`, K dividing N.
+    value: `[B, S, K, H]`.
+    bias, mask, scale, is_causal, query_seq_lengths, key_value_seq_lengths,
+      local_window_size, alibi_slopes, logits_soft_cap, query_offset, score,
+      return_residual and Flax's keywords: as `blockwise_attention`,
+      combined with the pattern (a query sees what both allow).
+"""
+RETURNS_DOC = """  Returns:
+    `[B, T, N, H]` in the dtype of `query`; rows that see no key are zero.
+"""
+
 # The arguments every patterned mechanism takes: blockwise attention's.
 _BLOCKWISE = inspect.signature(blockwise.blockwise_attention)
 _SHARED = [p for n, p in _BLOCKWISE.parameters.items()
@@ -86,8 +99,8 @@ def mechanism(name: str, options_type: type[options_lib.Options],
   """A patterned attention function, decorated to take `options_type`
   (`module`: the defining module's name, for errors and docs).
 
-  `parts(options, T, S)` gives the pattern's parts for a `[T, S]`
-  problem; `options` is the typed options. `data` names the mechanism's
+  `parts(options, T, S, is_causal)` gives the pattern's parts for a
+  `[T, S]` problem; `options` is the typed options. `data` names the mechanism's
   own array arguments (Longformer's global positions), which
   `global_positions(options, B, **data)` turns into the global positions
   int `[B, P]` (None: none). The docstring is the caller's to set.
@@ -101,8 +114,9 @@ def mechanism(name: str, options_type: type[options_lib.Options],
     chunks = {n: getattr(options, n) for n in chunk_names}
     positions = None if global_positions is None else (
         lambda B: global_positions(options, B, **extra))
+    causal = kwargs.get('is_causal', False)
     return attend(name, query, key, value, bias, mask, chunks=chunks,
-                  parts=lambda T, S: parts(options, T, S),
+                  parts=lambda T, S: parts(options, T, S, causal),
                   global_positions=positions, **kwargs)
 
   fn.__name__ = fn.__qualname__ = name
@@ -136,7 +150,10 @@ def attend(name, query, key, value, bias, mask, *, chunks, parts,
   T, S = args.dims.T, args.dims.S
   if user is not None:
     user = masks.checked_batch(user, args.dims.B).bind(T, S)
-  the_parts = parts(T, S)
+  # Patterns drawn per length (random blocks) draw here, at the true
+  # lengths, not at those of the reordered or concatenated keys.
+  the_parts = [dataclasses.replace(p, pattern=p.pattern.bind(T, S))
+               for p in parts(T, S)]
   positions = None if global_positions is None else global_positions(
       args.dims.B)
   kernel = lambda q, k, v, **more: blockwise.blockwise_attention(

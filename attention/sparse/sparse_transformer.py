@@ -75,9 +75,10 @@ class SparseTransformerOptions(blockwise.BlockwiseOptions):
                        f'stride={self.stride}')
 
 
-def parts(options: SparseTransformerOptions, T=None, S=None):
+def parts(options: SparseTransformerOptions, T=None, S=None,
+          is_causal=False):
   """The two halves of the pattern, or the one that `options.part` picks."""
-  del T, S
+  del T, S, is_causal
   l, c = options.stride, options.summary
   if options.pattern == 'strided':
     halves = [patterned.Part(masks.sliding_window(l - 1, l - 1)),
@@ -101,7 +102,7 @@ def pattern(options: SparseTransformerOptions | None = None,
 sparse_transformer_attention = patterned.mechanism(
     'sparse_transformer_attention', SparseTransformerOptions, parts,
     module=__name__)
-sparse_transformer_attention.__doc__ = """Sparse Transformer attention.
+sparse_transformer_attention.__doc__ = f"""Sparse Transformer attention.
 
   Child et al. 2019, arXiv 1904.10509: the strided or fixed pattern,
   factorised over heads (`part='both'`) or one half per call (`'first'`,
@@ -109,19 +110,10 @@ sparse_transformer_attention.__doc__ = """Sparse Transformer attention.
   for the math and `pattern(options)` for the equivalent mask.
 
   Args:
-    query: `[B, T, N, H]`.
-    key: `[B, S, K, H]`, K dividing N.
-    value: `[B, S, K, H]`.
-    bias, mask, scale, is_causal, query_seq_lengths, key_value_seq_lengths,
-      local_window_size, alibi_slopes, logits_soft_cap, query_offset, score,
-      and Flax's keywords: as `blockwise_attention`, combined with the
-      pattern (a query sees what both allow).
-    pattern, stride, summary, part, query_chunk_size, key_chunk_size: the
+{patterned.ARGUMENTS_DOC}    pattern, stride, summary, part, query_chunk_size, key_chunk_size: the
       options (`SparseTransformerOptions`), as keywords or `options=`.
 
-  Returns:
-    `[B, T, N, H]` in the dtype of `query`; rows that see no key are zero.
-
+{patterned.RETURNS_DOC}
   Cost: O(B N T (l + T / l) H) time (each head attends about l or T / l
   keys per query), O(B N (C_q C_k + T H)) memory.
   """

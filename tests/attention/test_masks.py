@@ -61,6 +61,18 @@ def definition(name, t, s):
   if name == 'listed_keys':
     return np.stack([np.broadcast_to(np.isin(k, row[row >= 0]), (t, s))
                      for row in GLOBAL])
+  if name == 'block_window':
+    return (k // 4 >= q // 4 - 1) & (k // 4 <= q // 4 + 2)
+  if name == 'random_bigbird':  # outside the band and first block, causal
+    table = []
+    for i in range(-(-max(t, s) // 4)):
+      candidates = [j for j in range(min(-(-s // 4), i + 1))
+                    if abs(j - i) > 1 and j >= 1]
+      table.append(set(np.random.default_rng((7, i)).choice(
+          candidates, min(2, len(candidates)), replace=False)
+                       if candidates else []))
+    return np.array([[k_ // 4 in table[q_ // 4] for k_ in range(s)]
+                     for q_ in range(t)])
   if name.startswith('not_'):
     return ~definition(name[4:], t, s)
   raise KeyError(name)
@@ -82,6 +94,9 @@ MASKS = {
     'key_lengths': lambda: masks.key_lengths(jnp.asarray(PREFIX)),
     'query_lengths': lambda: masks.query_lengths(jnp.asarray(PREFIX)),
     'listed_keys': lambda: masks.listed_keys(jnp.asarray(GLOBAL)),
+    'block_window': lambda: masks.block_window(4, 1, 2),
+    'random_bigbird': lambda: masks.random_blocks(
+        2, 4, seed=7, radius=1, skip_first=1, causal=True),
     'not_window': lambda: ~masks.sliding_window(4, 2),
     'not_listed_keys': lambda: ~masks.listed_keys(jnp.asarray(GLOBAL)),
 }

@@ -21,6 +21,9 @@ CONFORMANCE = {
     # One chunk: exact shared-QK attention (test_lsh.py tests the hashing).
     'lsh': dict(chunk_size=64, num_buckets=4),
     'performer': dict(chunk_size=5, num_features=32),
+    # Blocks of 4 with a global and a random one (the causal draw).
+    'bigbird': dict(block_size=4, global_blocks=1, random_blocks=1,
+                    query_chunk_size=16, key_chunk_size=5),
     # A dilated window with one global token: decodes from the KV cache.
     'longformer': dict(window=4, dilation=2, global_tokens=1,
                        query_chunk_size=16, key_chunk_size=5),
