@@ -20,6 +20,7 @@ from efficient_attention.attention.kernelized.performer import draw_projection, 
 from efficient_attention.attention.exact.reference import dot_product_attention
 from efficient_attention.attention.memory.xl import xl_attention
 from efficient_attention.attention.sparse.bigbird import bigbird_attention
+from efficient_attention.attention.lowrank.linformer import linformer_attention
 from efficient_attention.attention.sparse.longformer import longformer_attention
 from efficient_attention.attention.sparse.sparse_transformer import sparse_transformer_attention
 from efficient_attention.attention.registry import Mechanism, get, names, register
@@ -36,6 +37,7 @@ __all__ = [
     'get',
     'infini_attention',
     'linear_attention',
+    'linformer_attention',
     'longformer_attention',
     'masks',
     'lsh_attention',

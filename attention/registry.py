@@ -32,6 +32,9 @@ class Mechanism:
   `exact`: computes softmax attention exactly (tested against the oracle);
   approximations are tested against their own definitions. `refuses`: the
   shared arguments it cannot honour (each raises ValueError when set).
+  `not_causal`: why it cannot be causal (empty when it can): its
+  `is_causal=True` raises with this reason, and so does a decoder built
+  on it.
   """
 
   name: str
@@ -41,6 +44,12 @@ class Mechanism:
   step: Callable[..., Any] | None = None
   exact: bool = True
   refuses: tuple[str, ...] = ()
+  not_causal: str = ''
+
+  @property
+  def causal(self) -> bool:
+    """Whether it can attend causally (decoders need it)."""
+    return not self.not_causal
 
   @property
   def decodable(self) -> bool:
@@ -63,7 +72,7 @@ def register(name: str, fn: Callable[..., Any], *,
              options: type[options_lib.Options],
              init_state: Callable[..., Any] | None = None,
              step: Callable[..., Any] | None = None, exact: bool = True,
-             refuses: tuple[str, ...] = ()) -> None:
+             refuses: tuple[str, ...] = (), not_causal: str = '') -> None:
   """Registers `fn` (and its decoding pair) under `name`.
 
   `fn`, `init_state` and `step` take `options` (an `Options` subclass):
@@ -81,8 +90,11 @@ def register(name: str, fn: Callable[..., Any], *,
     if f is not None and getattr(f, 'options_type', None) is not options:
       raise TypeError(f'{name}: {what} must be decorated with '
                       f'attention.options.takes({options.__name__})')
+  if not_causal and step is not None:
+    raise ValueError(f'{name}: a mechanism that cannot be causal cannot '
+                     'decode')
   _REGISTRY[name] = Mechanism(name, fn, options, init_state, step, exact,
-                              tuple(refuses))
+                              tuple(refuses), not_causal)
   return fn
 
 

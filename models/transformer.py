@@ -105,8 +105,15 @@ class Stack(nnx.Module):
   """Embedding, `num_layers` blocks and a final norm (none if post-norm)."""
 
   def __init__(self, config: TransformerConfig, *, cross_attention=False,
-               rngs: nnx.Rngs):
+               causal=False, rngs: nnx.Rngs):
+    """`causal`: a decoder stack, whose mechanisms must attend causally."""
     self.config = config
+    for layer in range(config.num_layers) if causal else ():
+      mechanism = config.layer_spec(layer).mechanism
+      if not mechanism.causal:
+        raise ValueError(f'a decoder cannot use attention '
+                         f'{mechanism.name!r} (layer {layer}): '
+                         f'{mechanism.not_causal}')
     self.embed = Embedding(config, rngs)
     self.blocks = nnx.List([Block(config, layer=i,
                                   cross_attention=cross_attention, rngs=rngs)
@@ -184,7 +191,7 @@ class DecoderLM(nnx.Module):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.stack = Stack(config, rngs=rngs)
+    self.stack = Stack(config, causal=True, rngs=rngs)
     self.head = LMHead(config, self.stack.embed.tokens, rngs)
 
   def __call__(self, tokens: jax.typing.ArrayLike, *,
@@ -261,7 +268,8 @@ class EncoderDecoder(nnx.Module):
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.encoder = Stack(config, rngs=rngs)
-    self.decoder = Stack(config, cross_attention=True, rngs=rngs)
+    self.decoder = Stack(config, cross_attention=True, causal=True,
+                         rngs=rngs)
     self.head = LMHead(config, self.decoder.embed.tokens, rngs)
 
   def encode(self, source: jax.typing.ArrayLike, *,

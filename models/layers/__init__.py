@@ -6,11 +6,13 @@ state, picked by mechanism name.
 builds the layer registered for the mechanism (`layer_class(name)`):
 `MultiHeadAttention` for exact, linear and masked attention,
 `PerformerAttention` and `LSHAttention` (a random draw kept as state),
-`InfiniAttention` (learned gates) and `XLAttention` (RoPE inside).
+`InfiniAttention` (learned gates), `XLAttention` (RoPE inside) and
+`LinformerAttention` (learned sequence projections).
 """
 
 from efficient_attention.attention.spec import AttentionSpec
 from efficient_attention.models.layers.base import MultiHeadAttention, make_spec
+from efficient_attention.models.layers.lowrank import LinformerAttention
 from efficient_attention.models.layers.memory import InfiniAttention, XLAttention
 from efficient_attention.models.layers.random_draws import (LSHAttention, PerformerAttention,
                                         RandomDrawAttention, RandomProjection,
@@ -38,6 +40,7 @@ def attention_layer(model_dim: int, num_heads: int, *,
 __all__ = [
     'InfiniAttention',
     'LSHAttention',
+    'LinformerAttention',
     'MultiHeadAttention',
     'PerformerAttention',
     'RandomDrawAttention',

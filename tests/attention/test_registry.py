@@ -21,6 +21,8 @@ CONFORMANCE = {
     # One chunk: exact shared-QK attention (test_lsh.py tests the hashing).
     'lsh': dict(chunk_size=64, num_buckets=4),
     'performer': dict(chunk_size=5, num_features=32),
+    # Projected to fewer rows than the 37 keys (never causal).
+    'linformer': dict(projected_length=16),
     # Blocks of 4 with a global and a random one (the causal draw).
     'bigbird': dict(block_size=4, global_blocks=1, random_blocks=1,
                     query_chunk_size=16, key_chunk_size=5),
@@ -85,16 +87,23 @@ def test_conformance_causal_padding_decoding(name):
   mechanism = attention.get(name)
   fn = functools.partial(mechanism, **CONFORMANCE[name])
   q, k, v = _qkv()
-  base = fn(q, k, v, is_causal=True)
-  assert base.shape == q.shape and base.dtype == q.dtype
-  # Future tokens leave earlier outputs bitwise unchanged.
-  nq, nk, nv = _qkv(seed=1)
-  moved = fn(q.at[:, 20:].set(nq[:, 20:]), k.at[:, 20:].set(3 * nk[:, 20:]),
-             v.at[:, 20:].set(nv[:, 20:]), is_causal=True)
-  np.testing.assert_array_equal(moved[:, :20], base[:, :20])
+  if mechanism.causal:
+    base = fn(q, k, v, is_causal=True)
+    assert base.shape == q.shape and base.dtype == q.dtype
+    # Future tokens leave earlier outputs bitwise unchanged.
+    nq, nk, nv = _qkv(seed=1)
+    moved = fn(q.at[:, 20:].set(nq[:, 20:]),
+               k.at[:, 20:].set(3 * nk[:, 20:]),
+               v.at[:, 20:].set(nv[:, 20:]), is_causal=True)
+    np.testing.assert_array_equal(moved[:, :20], base[:, :20])
+  else:  # it says why, and cannot decode
+    with pytest.raises(ValueError, match='cannot be causal'):
+      fn(q, k, v, is_causal=True)
+    assert not mechanism.decodable
   # Whatever lies in padded keys never reaches an output.
   lengths = jnp.array([37, 15])
-  padded = functools.partial(fn, key_value_seq_lengths=lengths)
+  padded = functools.partial(fn, key_value_seq_lengths=lengths,
+                             is_causal=mechanism.causal)
   np.testing.assert_array_equal(
       padded(q, k.at[1, 15:].set(20.0), v.at[1, 15:].set(1e4)),
       padded(q, k, v))
@@ -126,7 +135,8 @@ def test_conformance_nan_in_padding_never_reaches_an_output(name):
   outputs and gradients are those of clean inputs, padded rows zero."""
   q_len, kv_len = jnp.array([37, 20]), jnp.array([37, 15])
   fn = jax.jit(functools.partial(
-      attention.get(name), **CONFORMANCE[name], is_causal=True,
+      attention.get(name), **CONFORMANCE[name],
+      is_causal=attention.get(name).causal,
       query_seq_lengths=q_len, key_value_seq_lengths=kv_len))
   loss = jax.jit(jax.grad(lambda q, k, v: (fn(q, k, v) ** 2).sum(),
                           argnums=(0, 1, 2)))

@@ -84,7 +84,8 @@ def test_a_query_that_sees_no_key_has_residual_minus_inf(name):
 def test_mechanisms_without_a_log_sum_exp_refuse_return_residual(name):
   q, k, v = _inputs(T=8, S=8)
   with pytest.raises(ValueError, match='no log-sum-exp.*return_residual'):
-    attention.get(name)(q, k, v, is_causal=True, return_residual=True)
+    attention.get(name)(q, k, v, is_causal=attention.get(name).causal,
+                        return_residual=True)
 
 
 def test_dot_product_sows_weights_into_nnx_as_flax_does():

@@ -40,7 +40,8 @@ def test_each_mechanism_gets_its_family_layer():
           'xl': layers.XLAttention,
           'sparse_transformer': layers.MultiHeadAttention,
           'longformer': layers.MultiHeadAttention,
-          'bigbird': layers.MultiHeadAttention}
+          'bigbird': layers.MultiHeadAttention,
+          'linformer': layers.LinformerAttention}
   assert set(want) == set(attention.names())
   for name, cls in want.items():
     assert layers.layer_class(name) is cls

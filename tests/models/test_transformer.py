@@ -105,9 +105,14 @@ POSITIONS = ['rope', 'alibi', 'sinusoidal', 'learned', 'none']
 # Positions are the model's, the same code for every mechanism: blockwise
 # runs RoPE, ALiBi and a learned table by default, the others RoPE (the
 # cross product, sinusoidal and none included, in the slow suite).
+# The sparse patterns decode through the layer and KV cache blockwise
+# uses (each one's kernel-level decoding runs in test_registry); Longformer,
+# whose window decodes from a ring, represents them here by default.
+SPARSE_SLOW = ('bigbird', 'sparse_transformer')
 DECODING_CASES = [
     pytest.param(m, p, marks=() if (m == 'blockwise' and p in (
-        'rope', 'alibi', 'learned')) or p == 'rope' else pytest.mark.slow)
+        'rope', 'alibi', 'learned')) or (
+            p == 'rope' and m not in SPARSE_SLOW) else pytest.mark.slow)
     for m in DECODABLE for p in POSITIONS
     if p != 'alibi' or 'alibi_slopes' not in attention.get(m).refuses]
 
@@ -270,19 +275,23 @@ REFUSING = [m for m in attention.names()
 
 @pytest.mark.parametrize('mechanism', REFUSING)
 def test_mechanisms_refuse_alibi_and_soft_cap_by_name(mechanism):
+  causal = attention.get(mechanism).causal
+  model = models.DecoderLM if causal else models.Encoder
   with pytest.raises(ValueError, match='does not support alibi_slopes'):
-    models.DecoderLM(config(attention=mechanism, position='alibi'),
-                     rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match='does not support logits_soft_cap'):
-    models.DecoderLM(config(attention=mechanism, logits_soft_cap=5.0),
-                     rngs=nnx.Rngs(0))
+    model(config(attention=mechanism, position='alibi'), rngs=nnx.Rngs(0))
+  if 'logits_soft_cap' in attention.get(mechanism).refuses:
+    with pytest.raises(ValueError, match='does not support logits_soft_cap'):
+      model(config(attention=mechanism, logits_soft_cap=5.0),
+            rngs=nnx.Rngs(0))
 
 
 WINDOWED = [m for m in DECODABLE
             if 'local_window_size' not in attention.get(m).refuses]
 
 
-@pytest.mark.parametrize('mechanism', WINDOWED)
+@pytest.mark.parametrize('mechanism', [
+    pytest.param(m, marks=pytest.mark.slow) if m in SPARSE_SLOW else m
+    for m in WINDOWED])
 def test_cache_steps_with_a_window_equal_full_windowed_attention(mechanism):
   rng = np.random.default_rng(5)
   q = jnp.asarray(rng.standard_normal((2, 10, 4, 8)), jnp.float32)

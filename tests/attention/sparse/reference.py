@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tests.attention import cases
+
 
 def grads_program(fn):
   """jit(grad) of `sum(fn(q, k, v, *rest) * weights)`, with the output."""
@@ -19,10 +21,9 @@ def assert_same(got_fn, want_fn, inputs, dtype, got_rest=(), want_rest=()):
   `inputs` are `(q, k, v, weights)`. Returns the output."""
   want_grads, want = grads_program(want_fn)(*inputs, *want_rest)
   got_grads, got = grads_program(got_fn)(*inputs, *got_rest)
-  tol = 2e-5 if dtype == jnp.float32 else 3e-2
   for name, a, b in zip(('out', 'dq', 'dk', 'dv'), (got, *got_grads),
                         (want, *want_grads)):
-    np.testing.assert_allclose(np.asarray(a, np.float32),
-                               np.asarray(b, np.float32), atol=tol,
-                               rtol=tol, err_msg=name)
+    # atol relative to the largest expected magnitude (cases.assert_close).
+    cases.assert_close(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                       dtype, name)
   return got

@@ -97,7 +97,8 @@ def test_equals_the_dense_reference_under_its_pattern(pattern, part,
         is_causal=is_causal)
 
 
-@pytest.mark.parametrize('pattern', ['strided', 'fixed'])
+@pytest.mark.parametrize('pattern', [
+    'strided', pytest.param('fixed', marks=pytest.mark.slow)])
 def test_mask_path_and_lengths_and_user_masks(pattern):
   """query_offset=0 and ALiBi take the mask path; lengths, a window and a
   user mask combine with the pattern on both paths."""
@@ -145,7 +146,8 @@ def test_options_are_checked():
     st.SparseTransformerOptions(pattern='fixed', stride=8, summary=9)
 
 
-@pytest.mark.parametrize('pattern', ['strided', 'fixed'])
+@pytest.mark.parametrize('pattern', [
+    'fixed', pytest.param('strided', marks=pytest.mark.slow)])
 def test_log_sum_exp_on_both_paths(pattern):
   q, k, v, _ = inputs(jnp.float32)
   options = dict(pattern=pattern, stride=L, summary=C, **CHUNKS)

@@ -1,0 +1,2 @@
+"""Low-rank attention: keys and values projected along the sequence
+(Linformer)."""
