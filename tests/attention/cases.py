@@ -173,3 +173,16 @@ def covering(firsts, seconds, id_of=str):
       params.append(pytest.param(a, b, id=f'{id_of(a)}-{id_of(b)}',
                                  marks=() if default else pytest.mark.slow))
   return params
+
+
+# The sparse patterns share one argument path (`attention.sparse.patterned`
+# over the blockwise kernel): checks of shared arguments run for Longformer
+# by default and for the others in `make test-slow`; each one's outputs,
+# gradients and decoding run by default in its own tests and test_registry.
+REPRESENTED_BY = {'bigbird': 'longformer', 'sparse_transformer': 'longformer'}
+
+
+def by_family(names):
+  """`names` as pytest params, those another represents marked slow."""
+  return [pytest.param(n, marks=pytest.mark.slow) if n in REPRESENTED_BY
+          else n for n in names]

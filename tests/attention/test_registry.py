@@ -118,7 +118,7 @@ def test_conformance_causal_padding_decoding(name):
                                  rtol=1e-5)
 
 
-@pytest.mark.parametrize('name', sorted(CONFORMANCE))
+@pytest.mark.parametrize('name', cases.by_family(sorted(CONFORMANCE)))
 def test_conformance_refused_options_raise_by_name(name):
   q, k, v = _qkv()
   refuses = attention.get(name).refuses

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from efficient_attention import attention
+from tests.attention import cases
 FUNCTIONS = [attention.dot_product_attention, attention.blockwise_attention]
 B, T, S, N, K, H = 2, 6, 5, 4, 2, 8
 
@@ -120,7 +121,7 @@ def test_shape_errors_are_value_errors_as_in_jax_nn(args, message):
       fn(*args)
 
 
-@pytest.mark.parametrize('name', attention.names())
+@pytest.mark.parametrize('name', cases.by_family(attention.names()))
 def test_mixed_and_integer_dtypes_are_refused_as_in_jax_nn(name):
   """jax.nn refuses a bfloat16 query with float32 keys; so does every
   mechanism (it used to return bfloat16). Integers are refused too (they

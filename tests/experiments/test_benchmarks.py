@@ -45,6 +45,23 @@ def test_decoding_benchmark(tmp_path):
   assert row['outputs_agree'] and row['cache_tokens_per_s'] > 0
 
 
+@pytest.mark.slow  # a smoke test; make test-slow
+def test_sparse_benchmark(tmp_path):
+  output, plot = tmp_path / 'sparse.json', tmp_path / 'sparse.png'
+  stdout = run('efficient_attention.experiments.benchmark_sparse',
+               '--lengths=256,512', '--modes=forward', '--repeats=1',
+               '--dense_up_to=256', '--jax_nn_up_to=256', '--heads=2',
+               '--head_dim=16', f'--output={output}', f'--plot={plot}')
+  assert '(dense time estimated)' in stdout
+  rows = json.loads(output.read_text())['rows']
+  names = {r['mechanism'] for r in rows}
+  assert {'dense blockwise', 'bigbird', 'longformer', 'linformer k=64',
+          'jax.nn + mask: bigbird'} <= names
+  for row in rows:
+    assert row['seconds'] > 0 and 0 < row['density'] <= 1
+  assert plot.stat().st_size > 0
+
+
 def test_crossover_is_where_a_mechanism_becomes_and_stays_faster():
   rows = [dict(mechanism=m, mode='forward', length=n, seconds=s)
           for m, times in [('blockwise', [1, 2, 4, 8]),
