@@ -137,7 +137,7 @@ def main(argv):
   device = jax.devices()[0].device_kind
   print(f'sparse family vs dense blockwise, B=1, N=K={_HEADS.value}, '
         f'H={_HEAD_DIM.value}, float32, bidirectional, on {device}')
-  print('| N | mode | mechanism | density | median s | temp MB | '
+  print('| mechanism | N | mode | density | median s | temp MB | '
         'time / (density x dense) |')
   print('|---|---|---|---|---|---|---|')
   results, dense_seconds = [], {}
@@ -149,7 +149,7 @@ def main(argv):
           dense_seconds[mode] = {n: row['seconds']}
         results.append(row)
         note = ' (dense time estimated)' if row['dense_estimated'] else ''
-        print(f"| {n} | {mode} | {row['mechanism']} | {row['density']:.4f} | "
+        print(f"| {row['mechanism']} | {n} | {mode} | {row['density']:.4f} | "
               f"{row['seconds']:.4f} | {row['temp_bytes'] / 1e6:.1f} | "
               f"{row['time_vs_density_dense']:.2f}{note} |", flush=True)
   if _OUTPUT.value:
