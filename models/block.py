@@ -71,11 +71,13 @@ class Block(nnx.Module):
     return self._residual(x, self.mlp_norm, self.mlp, deterministic)
 
   def __call__(self, x, *, is_causal=False, lengths=None, positions=None,
-               context=None, context_lengths=None, deterministic=True):
-    """`x [B, T, D]` -> `[B, T, D]`; `lengths [B]` masks padded keys."""
+               context=None, context_lengths=None, mask=None,
+               deterministic=True):
+    """`x [B, T, D]` -> `[B, T, D]`; `lengths [B]` masks padded keys,
+    `mask` (an `attention.masks` object: packed documents) more."""
     x = self._residual(x, self.attention_norm, lambda h: self.attention(
         h, is_causal=is_causal, key_value_seq_lengths=lengths,
-        positions=positions), deterministic)
+        positions=positions, mask=mask), deterministic)
     return self._cross_and_mlp(x, context, context_lengths, deterministic)
 
   def step(self, state, x, positions, *, num_new=None, context=None,

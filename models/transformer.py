@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from efficient_attention.attention import positional
 from efficient_attention.attention.shapes import concrete
+from efficient_attention.attention import masks
 from efficient_attention.attention.decoding import kv_cache
 from efficient_attention.models.block import Block, make_norm
 from efficient_attention.models.config import TransformerConfig
@@ -101,6 +102,29 @@ def _positions(tokens, start=None):
   return t + (0 if start is None else start[:, None])
 
 
+def segment_positions(segment_ids):
+  """Positions `[B, T]` that restart at 0 where the segment id changes
+  (packed documents each count from their own first token)."""
+  segment_ids = jnp.asarray(segment_ids)
+  T = segment_ids.shape[1]
+  t = jnp.broadcast_to(jnp.arange(T), segment_ids.shape)
+  new = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                         segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  return t - jax.lax.cummax(jnp.where(new, t, 0), axis=1)
+
+
+def _packed(tokens, segment_ids):
+  """Positions and the document mask of a batch; plain positions and no
+  mask without segment ids."""
+  if segment_ids is None:
+    return _positions(tokens), None
+  segment_ids = jnp.asarray(segment_ids)
+  if segment_ids.shape != jnp.shape(tokens):
+    raise ValueError(f'segment_ids must be [B, T] = {jnp.shape(tokens)} like '
+                     f'the tokens, got {segment_ids.shape}')
+  return segment_positions(segment_ids), masks.document(segment_ids)
+
+
 class Stack(nnx.Module):
   """Embedding, `num_layers` blocks and a final norm (none if post-norm)."""
 
@@ -124,12 +148,14 @@ class Stack(nnx.Module):
     return x if self.final_norm is None else self.final_norm(x)
 
   def __call__(self, tokens, *, is_causal, lengths=None, context=None,
-               context_lengths=None, deterministic=True):
-    positions = _positions(tokens)
+               context_lengths=None, segment_ids=None, deterministic=True):
+    """`segment_ids [B, T]`: packed documents; each attends within itself
+    and counts its positions from 0."""
+    positions, mask = _packed(tokens, segment_ids)
     x = self.embed(tokens, positions, deterministic)
     for block in self.blocks:
       x = block(x, is_causal=is_causal, lengths=lengths, positions=positions,
-                context=context, context_lengths=context_lengths,
+                context=context, context_lengths=context_lengths, mask=mask,
                 deterministic=deterministic)
     return self._finish(x)
 
@@ -196,8 +222,13 @@ class DecoderLM(nnx.Module):
 
   def __call__(self, tokens: jax.typing.ArrayLike, *,
                lengths: jax.typing.ArrayLike | None = None,
+               segment_ids: jax.typing.ArrayLike | None = None,
                deterministic: bool = True) -> jax.Array:
+    """Logits `[B, T, V]`; `segment_ids [B, T]` packs several documents in
+    a row (each sees only itself, positions restart; mechanisms that take
+    no mask refuse it)."""
     return self.head(self.stack(tokens, is_causal=True, lengths=lengths,
+                                segment_ids=segment_ids,
                                 deterministic=deterministic))
 
   def init_cache(self, batch_size: int, max_length: int) -> Cache:
@@ -237,10 +268,12 @@ class Encoder(nnx.Module):
 
   def __call__(self, tokens: jax.typing.ArrayLike, *,
                lengths: jax.typing.ArrayLike | None = None,
+               segment_ids: jax.typing.ArrayLike | None = None,
                deterministic: bool = True) -> jax.Array:
-    """Hidden states `[B, T, D]`; padded keys (past `lengths`) are masked."""
+    """Hidden states `[B, T, D]`; padded keys (past `lengths`) are masked;
+    `segment_ids [B, T]` keeps packed documents apart."""
     return self.stack(tokens, is_causal=False, lengths=lengths,
-                      deterministic=deterministic)
+                      segment_ids=segment_ids, deterministic=deterministic)
 
   def mlm_logits(self, hidden: jax.Array) -> jax.Array:
     """Masked-LM logits `[B, T, V]` from hidden states."""

@@ -142,9 +142,9 @@ def linformer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
       `share_key_value`, n >= S: a layer's learned projections. Default: a
       Gaussian draw from `jax.random.key(seed)`.
     logits_soft_cap: optional; caps the projected logits.
-    dropout_rng, dropout_rate, broadcast_dropout, deterministic, dtype,
-      precision, module: Flax's `attention_fn` keywords, as in
-      `blockwise_attention`.
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic: Flax's
+      `attention_fn` keywords, as in `blockwise_attention`.
+    dtype, precision, module: as in `blockwise_attention`.
 
   Returns:
     `[B, T, N, H]` in the dtype of `query`.

@@ -115,8 +115,9 @@ bigbird_attention.__doc__ = f"""BigBird attention (blocked ITC).
   equivalent mask.
 
   Args:
-{patterned.ARGUMENTS_DOC}    block_size, window_blocks, global_blocks, random_blocks, seed,
-      query_chunk_size, key_chunk_size: the options (`BigBirdOptions`).
+{patterned.ARGUMENTS_DOC}    block_size, window_blocks, global_blocks, random_blocks, seed: the
+      options (`BigBirdOptions`), as keywords or `options=`.
+    query_chunk_size, key_chunk_size: tile sizes, options too.
 
 {patterned.RETURNS_DOC}
   Cost: O(B N T b (w + r + g) H) time, O(B N (C_q C_k + T H)) memory.

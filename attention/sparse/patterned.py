@@ -61,10 +61,15 @@ def pattern_mask(parts: Sequence[Part]) -> masks.Mask:
 ARGUMENTS_DOC = """    query: `[B, T, N, H]`.
     key: `[B, S, K, H]`, K dividing N.
     value: `[B, S, K, H]`.
-    bias, mask, scale, is_causal, query_seq_lengths, key_value_seq_lengths,
-      local_window_size, alibi_slopes, logits_soft_cap, query_offset, score,
-      return_residual and Flax's keywords: as `blockwise_attention`,
-      combined with the pattern (a query sees what both allow).
+    bias, mask, scale, is_causal, query_offset, score: as
+      `blockwise_attention`, combined with the pattern (a query sees what
+      both allow).
+    query_seq_lengths, key_value_seq_lengths, local_window_size: as
+      `blockwise_attention`.
+    alibi_slopes, logits_soft_cap, return_residual: as `blockwise_attention`.
+    dropout_rng, dropout_rate, broadcast_dropout, deterministic: Flax's
+      keywords, as `blockwise_attention` takes them.
+    dtype, precision, module: as `blockwise_attention`.
 """
 RETURNS_DOC = """  Returns:
     `[B, T, N, H]` in the dtype of `query`; rows that see no key are zero.
