@@ -38,10 +38,20 @@ def stdlib_files() -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  """Training and validation bytes as uint8 arrays."""
+  """Training and validation bytes as uint8 arrays, and where each split's
+  documents (files) start."""
 
   train: np.ndarray
   validation: np.ndarray
+  train_starts: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros(1, np.int64))
+  validation_starts: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros(1, np.int64))
+
+  def starts(self, split: str) -> np.ndarray:
+    """Offsets of the documents of `split` ('train' or 'validation')."""
+    return {'train': self.train_starts,
+            'validation': self.validation_starts}[split]
 
 
 def load(source: str, path: str = '', validation_fraction: float = 0.05):
@@ -58,7 +68,9 @@ def load(source: str, path: str = '', validation_fraction: float = 0.05):
       with open(name, 'rb') as f:
         splits[held_out].append(f.read())
     as_array = lambda parts: np.frombuffer(b''.join(parts), np.uint8)
-    return Corpus(as_array(splits[False]), as_array(splits[True]))
+    starts = lambda parts: np.cumsum([0] + [len(p) for p in parts[:-1]])
+    return Corpus(as_array(splits[False]), as_array(splits[True]),
+                  starts(splits[False]), starts(splits[True]))
   if source == 'file':
     if not path or not os.path.isfile(path):
       raise ValueError(f"data.path must name a file for source='file', got "
@@ -73,18 +85,34 @@ def _windows(data, starts, length):
   return np.stack([data[s:s + length + 1] for s in starts]).astype(np.int32)
 
 
+def _batch(data, starts, length, documents):
+  """`(inputs, targets)`; with `documents` (their start offsets) packed:
+  `(inputs, targets, weights, segment_ids)`, where a window's bytes carry
+  the index of their document (from 0 in each row) and a target in
+  another document than its input weighs 0."""
+  windows = _windows(data, starts, length)
+  if documents is None:
+    return windows[:, :-1], windows[:, 1:]
+  positions = np.asarray(starts)[:, None] + np.arange(length + 1)[None, :]
+  document = np.searchsorted(documents, positions, side='right') - 1
+  document = (document - document[:, :1]).astype(np.int32)
+  weights = (document[:, 1:] == document[:, :-1]).astype(np.float32)
+  return windows[:, :-1], windows[:, 1:], weights, document[:, :-1]
+
+
 def train_batch(data, *, seed: int, step: int, batch_size: int,
-                sequence_length: int):
-  """Random windows `(inputs, targets)`, each int32 `[batch, length]`."""
+                sequence_length: int, documents=None):
+  """Random windows `(inputs, targets)`, each int32 `[batch, length]`; with
+  `documents`, packed (see `_batch`)."""
   rng = np.random.default_rng((seed, step))
   starts = rng.integers(0, len(data) - sequence_length - 1, batch_size)
-  windows = _windows(data, starts, sequence_length)
-  return windows[:, :-1], windows[:, 1:]
+  return _batch(data, starts, sequence_length, documents)
 
 
-def eval_batch(data, *, index: int, batch_size: int, sequence_length: int):
-  """The `index`-th batch of consecutive, non-overlapping windows."""
+def eval_batch(data, *, index: int, batch_size: int, sequence_length: int,
+               documents=None):
+  """The `index`-th batch of consecutive, non-overlapping windows; with
+  `documents`, packed (see `_batch`)."""
   count = (len(data) - 1) // sequence_length
   starts = (np.arange(batch_size) + index * batch_size) % count
-  windows = _windows(data, starts * sequence_length, sequence_length)
-  return windows[:, :-1], windows[:, 1:]
+  return _batch(data, starts * sequence_length, sequence_length, documents)

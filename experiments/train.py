@@ -58,13 +58,15 @@ def make_optimizer(config) -> optax.GradientTransformation:
                      optax.adamw(schedule, weight_decay=t.weight_decay))
 
 
-def _loss(graphdef, params, rest, inputs, targets, weights, key,
-          deterministic):
-  """Mean cross-entropy and accuracy over the weighted targets."""
+def _loss(graphdef, params, rest, inputs, targets, weights, segment_ids,
+          key, deterministic):
+  """Mean cross-entropy and accuracy over the weighted targets; packed
+  documents (`segment_ids`, or None) are kept apart."""
   model = nnx.merge(graphdef, params, rest)
   if not deterministic:
     nnx.reseed(model, dropout=key)
-  logits = model(inputs, deterministic=deterministic)
+  logits = model(inputs, segment_ids=segment_ids,
+                 deterministic=deterministic)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   total = jnp.maximum(weights.sum(), 1.0)
   accuracy = ((jnp.argmax(logits, -1) == targets) * weights).sum() / total
@@ -86,7 +88,7 @@ def _redraw(graphdef, params, rest, key, step, every):
 
 
 def _train_step(graphdef, tx, deterministic, redraw_every, state, inputs,
-                targets, weights):
+                targets, weights, segment_ids):
   key = jax.random.fold_in(state['key'], state['step'])
   if redraw_every:
     state = dict(state, rest=_redraw(
@@ -95,7 +97,8 @@ def _train_step(graphdef, tx, deterministic, redraw_every, state, inputs,
   grad_fn = jax.value_and_grad(
       functools.partial(_loss, graphdef), has_aux=True)
   (loss, accuracy), grads = grad_fn(state['params'], state['rest'], inputs,
-                                    targets, weights, key, deterministic)
+                                    targets, weights, segment_ids, key,
+                                    deterministic)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   new_state = dict(state, params=params, opt_state=opt_state,
@@ -123,14 +126,19 @@ class Run:
   evaluate_fn: object
   train_step: object = None
 
-  def _put(self, inputs, targets, weights=None):
+  def _put(self, inputs, targets, weights=None, segment_ids=None):
     if weights is None:
       weights = np.ones(targets.shape, np.float32)
-    return tuple(jax.device_put(x, self.batch_sharding)
-                 for x in (inputs, targets, weights))
+    return tuple(None if x is None else jax.device_put(x, self.batch_sharding)
+                 for x in (inputs, targets, weights, segment_ids))
+
+  def _documents(self, split):
+    """Document starts of a text split when `data.pack`, else None."""
+    return self.corpus.starts(split) if self.config.data.pack else None
 
   def batch(self, step):
-    """Training batch of `step`: (inputs, targets, weights), sharded."""
+    """Training batch of `step`: (inputs, targets, weights, segment_ids or
+    None), sharded."""
     c, size = self.config, self.config.train.batch_size
     if c.data.source in tasks.TASKS:
       inputs, targets, weights = tasks.batch(
@@ -141,7 +149,8 @@ class Run:
       return self._put(inputs, targets, weights)
     return self._put(*data_lib.train_batch(
         self.corpus.train, seed=c.seed, step=step, batch_size=size,
-        sequence_length=c.data.sequence_length))
+        sequence_length=c.data.sequence_length,
+        documents=self._documents('train')))
 
   def eval_batch(self, index):
     c, size = self.config, self.config.train.batch_size
@@ -151,7 +160,8 @@ class Run:
           batch_size=size, size=c.data.eval_size or c.data.size))
     return self._put(*data_lib.eval_batch(
         self.corpus.validation, index=index, batch_size=size,
-        sequence_length=c.data.sequence_length))
+        sequence_length=c.data.sequence_length,
+        documents=self._documents('validation')))
 
   def evaluate(self, state):
     c, losses, accuracies = self.config, [], []
@@ -309,8 +319,8 @@ def _train(config, workdir, corpus, stop, stale):
     print(f'note: {note}', flush=True)
   deterministic = config.model.dropout_rate == 0.0
   run = Run(config, corpus, graphdef, NamedSharding(mesh, PartitionSpec(
-      'data')), jax.jit(lambda p, r, x, y, w: _loss(graphdef, p, r, x, y, w,
-                                                     None, True)),
+      'data')), jax.jit(lambda p, r, x, y, w, s: _loss(
+          graphdef, p, r, x, y, w, s, None, True)),
             jax.jit(functools.partial(_train_step, graphdef, tx,
                                       deterministic,
                                       t.redraw_projections_every),

@@ -104,6 +104,7 @@ SCHEMA: dict[str, Field] = {
     'data.size': _POSITIVE,
     'data.eval_size': Field(int, low=0),
     'data.score_all_tokens': Field(bool),
+    'data.pack': Field(bool),
     'data.size_schedule': Field(tuple),
     'data.max_length': _POSITIVE,
     'model.attention': Field(str, choices=lambda: tuple(attention.names())),
@@ -233,9 +234,28 @@ def _cross_field_problems(config) -> list[str]:
     for path, size in _task_sizes(config).items():
       if not low <= size <= (high or size):
         say(path, size, f'a {d.source} size in [{low}, {high or "inf"}]')
+  if d.pack:
+    problems += _pack_problems(config)
   if m.position == 'learned':
     problems += _length_problems(config)
   return problems
+
+
+def _pack_problems(config) -> list[str]:
+  """Packing needs text and mechanisms that take the document mask."""
+  d, m = config.data, config.model
+  if d.source in tasks.TASKS:
+    return [f'config.data.pack = True is not allowed with data.source='
+            f'{d.source!r}; expected a text source (stdlib or file): task '
+            'examples are one document each']
+  refusing = sorted({spec.name for spec in model_config_lib.attention_specs(m)
+                     if 'mask' in spec.mechanism.refuses})
+  taking = ', '.join(n for n in attention.names()
+                     if 'mask' not in attention.get(n).refuses)
+  return [f'config.data.pack = True is not allowed with model.attention '
+          f'{name!r}, which takes no mask (packed documents are kept apart '
+          f'by the document mask); expected a mechanism that takes masks: '
+          f'{taking}' for name in refusing]
 
 
 def _length_problems(config) -> list[str]:

@@ -24,6 +24,9 @@ def get_config():
   # Tasks: train on every next token, not only the answer's (evaluation
   # still scores the answer only).
   config.data.score_all_tokens = False
+  # Text: a window spans several files, kept apart (segment ids: the
+  # document mask, positions from 0 in each file, no loss across files).
+  config.data.pack = False
   # Tasks: a curriculum, ((from_step, size), ...): from that step on, train
   # at that task size instead of data.size.
   config.data.size_schedule = ()

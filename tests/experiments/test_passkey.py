@@ -83,7 +83,8 @@ def test_training_can_score_every_token():
     config.data.score_all_tokens = score_all
     run = train.Run(config, None, None,
                     NamedSharding(mesh, PartitionSpec('data')), None)
-    _, _, weights = run.batch(0)
+    _, _, weights, segment_ids = run.batch(0)
+    assert segment_ids is None  # tasks are not packed
     assert bool((np.asarray(weights) == 1).all()) == score_all
-    _, _, weights = run.eval_batch(0)  # evaluation scores the key only
+    _, _, weights, _ = run.eval_batch(0)  # evaluation scores the key only
     assert np.asarray(weights).sum() == 5 * config.train.batch_size
