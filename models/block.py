@@ -11,6 +11,7 @@ from __future__ import annotations
 from flax import nnx
 import jax
 
+from efficient_attention.attention.spec import AttentionSpec
 from efficient_attention.models import layers
 from efficient_attention.models.config import TransformerConfig
 
@@ -43,11 +44,17 @@ class Block(nnx.Module):
 
   def __init__(self, config: TransformerConfig, *, layer: int = 0,
                cross_attention=False, rngs: nnx.Rngs):
-    """Layer `layer` of a stack: its attention is `config.layer_spec(layer)`."""
+    """Layer `layer` of a stack: its attention is `config.layer_spec(layer)`
+    (a mechanism with a random draw, BigBird's, draws with `seed + layer`:
+    one fixed draw per layer, the same in training and evaluation)."""
     self.config = config
+    spec = config.layer_spec(layer)
+    if getattr(spec.options, 'draws_per_layer', False):
+      spec = AttentionSpec.create(spec, options=spec.options.replace(
+          seed=spec.options.seed + layer))
     make_attention = lambda shared_qk: layers.attention_layer(
         config.model_dim, config.num_heads, num_kv_heads=config.num_kv_heads,
-        head_dim=config.head_dim, attention=config.layer_spec(layer),
+        head_dim=config.head_dim, attention=spec,
         position=config.attention_position, qk_norm=config.qk_norm,
         shared_qk=shared_qk, logits_soft_cap=config.logits_soft_cap,
         dtype=config.dtype, rngs=rngs)

@@ -29,6 +29,7 @@ keeps the full KV cache (global and random blocks reach the past).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax.numpy as jnp
 
@@ -52,6 +53,8 @@ class BigBirdOptions(blockwise.BlockwiseOptions):
   seed: int = 0  # the draw: one per layer, the same in evaluation
   query_chunk_size: int = 64  # C_q, query rows per tile (b: tiles on blocks)
   key_chunk_size: int = 64  # C_k, key columns per tile
+  # Not an option: models give layer i the draw of `seed + i`.
+  draws_per_layer: ClassVar[bool] = True
 
   def __post_init__(self):
     super().__post_init__()

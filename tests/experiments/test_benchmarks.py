@@ -62,6 +62,20 @@ def test_sparse_benchmark(tmp_path):
   assert plot.stat().st_size > 0
 
 
+@pytest.mark.slow  # a smoke test; make test-slow
+def test_sparse_quality_check(tmp_path):
+  output = tmp_path / 'quality.json'
+  stdout = run('efficient_attention.experiments.sparse_quality',
+               '--steps=2', '--length=64', '--batch_size=4',
+               '--eval_examples=64', '--mechanisms=dense,window_only',
+               f'--output={output}')
+  assert '| window_only |' in stdout
+  rows = json.loads(output.read_text())['rows']
+  assert [r['mechanism'] for r in rows] == ['dense', 'window_only']
+  for row in rows:
+    assert 0 <= row['accuracy'] <= 1 and row['temp_bytes'] > 0
+
+
 def test_crossover_is_where_a_mechanism_becomes_and_stays_faster():
   rows = [dict(mechanism=m, mode='forward', length=n, seconds=s)
           for m, times in [('blockwise', [1, 2, 4, 8]),

@@ -77,3 +77,15 @@ def test_options_are_checked():
     attention.bigbird_attention(q, k, v, window_blocks=2)
   with pytest.raises(ValueError, match="unknown option 'random_block'"):
     attention.bigbird_attention(q, k, v, random_block=2)
+
+
+def test_each_layer_of_a_model_has_its_own_fixed_draw():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from efficient_attention import models  # pylint: disable=g-import-not-at-top
+  config = models.TransformerConfig(
+      vocab_size=16, model_dim=16, num_layers=3, num_heads=2, mlp_dim=32,
+      max_length=64, attention='bigbird',
+      attention_options=(('block_size', 4), ('seed', 7)))
+  model = models.Encoder(config, rngs=nnx.Rngs(0))
+  seeds = [block.attention.options.seed for block in model.stack.blocks]
+  assert seeds == [7, 8, 9]
