@@ -33,8 +33,8 @@ def test_a_window_carries_its_documents_and_no_target_across_them():
 
 def test_one_documents_change_leaves_the_others_losses_unchanged():
   config = models.TransformerConfig(
-      vocab_size=256, model_dim=32, num_layers=2, num_heads=4,
-      num_kv_heads=2, mlp_dim=64, max_length=64, attention='blockwise')
+      vocab_size=256, model_dim=16, num_layers=1, num_heads=2,
+      num_kv_heads=1, mlp_dim=32, max_length=64, attention='blockwise')
   model = models.DecoderLM(config, rngs=nnx.Rngs(0))
   batch = functools.partial(data.eval_batch, index=0, batch_size=1,
                             sequence_length=35, documents=STARTS)

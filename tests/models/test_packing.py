@@ -16,8 +16,8 @@ MASKED = [n for n in attention.names()
 
 def _model(mechanism, position='rope'):
   config = models.TransformerConfig(
-      vocab_size=32, model_dim=32, num_layers=2, num_heads=4,
-      num_kv_heads=2, mlp_dim=64, max_length=64, attention=mechanism,
+      vocab_size=32, model_dim=16, num_layers=1, num_heads=2,
+      num_kv_heads=1, mlp_dim=32, max_length=64, attention=mechanism,
       position=position)
   return models.DecoderLM(config, rngs=nnx.Rngs(0))
 

@@ -73,7 +73,7 @@ def check(options, dtype, K=2, is_causal=True, user_mask=None, **kwargs):
 # (repeated keys), on the reordered path; float32 and bfloat16. The
 # default suite runs the reordered halves ('first' is a window or block
 # mask on the blockwise kernel, which test_masked_kernels covers) and
-# bfloat16 on the factorisation over heads.
+# bfloat16 on the strided factorisation over heads.
 CASES = [
     ('strided', 'both', True, 2), ('strided', 'second', False, 2),
     ('fixed', 'both', False, 4), ('fixed', 'second', True, 1),
@@ -83,7 +83,8 @@ F32, BF16 = jnp.float32, jnp.bfloat16
 
 
 def _case(case, dtype):
-  slow = case[1] == 'first' or (dtype == BF16 and case[1] != 'both')
+  slow = case[1] == 'first' or (dtype == BF16 and case[:2] != (
+      'strided', 'both'))
   return pytest.param(*case, dtype, marks=[pytest.mark.slow] if slow else [],
                       id='-'.join(map(str, case)) + ('-bf16' if dtype == BF16
                                                      else '-f32'))
