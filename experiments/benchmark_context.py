@@ -18,7 +18,6 @@ Mechanisms are compiled and warmed up, then timed alternately
 
 from __future__ import annotations
 
-import json
 
 from absl import app
 from absl import flags
@@ -116,10 +115,7 @@ def main(argv):
                        state_bytes=sizes[name]))
       print(f'| {name} | {context} | {generated / seconds:.1f} | '
             f'{sizes[name] / 1e6:.2f} |', flush=True)
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      json.dump(dict(device=jax.devices()[0].device_kind, rows=rows), f,
-                indent=1)
+  timing.write_rows(_OUTPUT.value, rows)
 
 
 if __name__ == '__main__':

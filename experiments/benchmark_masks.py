@@ -20,7 +20,6 @@ documents (segment ids, on device); Sparse Transformer strided (a window of
 from __future__ import annotations
 
 import functools
-import json
 
 from absl import app
 from absl import flags
@@ -123,10 +122,7 @@ def main(argv):
               f"{row['seconds']:.4f} | {row['temp_bytes'] / 1e6:.1f} | "
               f"{row['time_vs_causal']:.3f} | {row['tiles_vs_causal']:.3f} | "
               f"{row['time_per_tile_vs_causal']:.2f} |", flush=True)
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      json.dump(dict(device=jax.devices()[0].device_kind, rows=results), f,
-                indent=1)
+  timing.write_rows(_OUTPUT.value, results)
 
 
 if __name__ == '__main__':

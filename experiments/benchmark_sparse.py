@@ -25,7 +25,6 @@ k = 64, 128, 256.
 from __future__ import annotations
 
 import functools
-import json
 
 from absl import app
 from absl import flags
@@ -152,9 +151,7 @@ def main(argv):
         print(f"| {row['mechanism']} | {n} | {mode} | {row['density']:.4f} | "
               f"{row['seconds']:.4f} | {row['temp_bytes'] / 1e6:.1f} | "
               f"{row['time_vs_density_dense']:.2f}{note} |", flush=True)
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      json.dump(dict(device=device, rows=results), f, indent=1)
+  timing.write_rows(_OUTPUT.value, results)
   if _PLOT.value:
     plot(results, _PLOT.value, device)
 

@@ -17,7 +17,6 @@ mechanism), the inputs' and output's size, and tokens/s from the median of
 from __future__ import annotations
 
 import functools
-import json
 
 from absl import app
 from absl import flags
@@ -92,10 +91,7 @@ def main(argv):
       print(f'| {name} | {T:,} | {B * T / seconds:,.0f} | '
             f'{temp[name] / 1e6:.1f} | {io_bytes / 1e6:,.0f} |', flush=True)
     del q, k, v, thunks
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      json.dump(dict(device=jax.devices()[0].device_kind, rows=rows), f,
-                indent=1)
+  timing.write_rows(_OUTPUT.value, rows)
 
 
 if __name__ == '__main__':

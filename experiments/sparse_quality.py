@@ -19,7 +19,6 @@ training step, and the compiled training step's temporary memory.
 
 from __future__ import annotations
 
-import json
 import time
 
 from absl import app
@@ -31,6 +30,7 @@ import numpy as np
 import optax
 
 from efficient_attention import models
+from efficient_attention.experiments import timing
 
 _LENGTH = flags.DEFINE_integer('length', 512, 'N, tokens per example.')
 _STEPS = flags.DEFINE_integer('steps', 300, 'Training steps per mechanism.')
@@ -148,10 +148,7 @@ def main(argv):
     print(f"| {name} | `{mechanism}` {shown} | {row['accuracy']:.3f} | "
           f"{row['final_loss']:.3f} | {row['seconds_per_step']:.3f} | "
           f"{row['temp_bytes'] / 1e6:.1f} |", flush=True)
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      json.dump(dict(device=jax.devices()[0].device_kind, rows=results), f,
-                indent=1)
+  timing.write_rows(_OUTPUT.value, results)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ starting only once the process is idle, and the median of each is kept.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -47,3 +48,11 @@ def median_seconds(thunks, repeats):
       jax.block_until_ready(thunk())
       times[name].append(time.perf_counter() - start)
   return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def write_rows(path: str | None, rows) -> None:
+  """Writes `{device, rows}` as JSON to `path` (nothing when None)."""
+  if path:
+    with open(path, 'w') as f:
+      json.dump(dict(device=jax.devices()[0].device_kind, rows=rows), f,
+                indent=1)
