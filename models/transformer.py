@@ -142,6 +142,13 @@ class Stack(nnx.Module):
     self.blocks = nnx.List([Block(config, layer=i,
                                   cross_attention=cross_attention, rngs=rngs)
                             for i in range(config.num_layers)])
+    # Parameters shared across layers: each layer's with the first layer
+    # of its class (Linformer's share_layers).
+    firsts = {}
+    for block in self.blocks:
+      first = firsts.setdefault(type(block.attention), block.attention)
+      if first is not block.attention:
+        block.attention.share_with(first)
     self.final_norm = None if config.post_norm else make_norm(config, rngs)
 
   def _finish(self, x):

@@ -10,9 +10,12 @@ little:
 O(T k) logits instead of O(T S). E and F are learned (the model layer owns
 them, `[k, n]` for inputs up to n = `sequence_length`) or, without one, a
 Gaussian draw with variance 1 / k (the paper's Johnson-Lindenstrauss
-construction). Options share them: `share_key_value` makes F = E; one pair
-serves every head (the paper's headwise sharing); a model may share one
-pair across layers. Padded keys and values are zeroed before projecting,
+construction). Options share them as the paper's Section 4 does:
+`share_key_value` makes F = E (key-value sharing); `share_heads` (default)
+gives one pair to every key/value head (headwise sharing), else each head
+has its own (`[2, K, k, n]`); `share_layers` makes a model's layers use one
+projection (layerwise sharing, with `share_key_value`: one matrix in the
+whole model). Padded keys and values are zeroed before projecting,
 so they add nothing to the projected rows. Inputs shorter than n use the
 first S columns (the same as zero-padding the input to n).
 
@@ -22,7 +25,8 @@ and position scores have no meaning over projected keys and raise too;
 `logits_soft_cap` applies to the projected logits.
 
 Shapes: `query [B, T, N, H]`, `key/value [B, S, K, H]`, `projection
-[2, k, n]` (E, F) or `[1, k, n]` with `share_key_value`. Cost: O(B K S k H)
+[2, k, n]` (E, F) or `[1, k, n]` with `share_key_value`; `[2 or 1, K, k,
+n]` without `share_heads`. Cost: O(B K S k H)
 to project, O(B N T k H) to attend; memory O(B N T k).
 """
 
@@ -60,6 +64,10 @@ class LinformerOptions(options_lib.Options):
   sequence_length: int = 4096  # n, the longest input a layer's learned
                                # projections [k, n] cover
   share_key_value: bool = False  # F = E (the paper's key-value sharing)
+  share_heads: bool = True  # one E, F for every key/value head (headwise
+                            # sharing); False: one per head
+  share_layers: bool = False  # a model's layers share one projection
+                              # (layerwise sharing; the model ties them)
   seed: int = 0  # the Gaussian draw used when no projection is given
 
   def __post_init__(self):
@@ -68,36 +76,56 @@ class LinformerOptions(options_lib.Options):
                                    self.projected_length)
     options_lib.check_positive_int(where, 'sequence_length',
                                    self.sequence_length)
-    options_lib.check_bool(where, 'share_key_value', self.share_key_value)
+    for name in ('share_key_value', 'share_heads', 'share_layers'):
+      options_lib.check_bool(where, name, getattr(self, name))
     if isinstance(self.seed, bool) or not isinstance(self.seed, int):
       raise ValueError(f'{where}: seed must be an int, got {self.seed!r}')
 
 
+def projection_shape(projected_length: int, length: int, *,
+                     share_key_value: bool = False,
+                     num_kv_heads: int | None = None) -> tuple[int, ...]:
+  """`[2, k, n]` (`[1, k, n]` with `share_key_value`); with `num_kv_heads`
+  K (no headwise sharing), `[2 or 1, K, k, n]`."""
+  count = 1 if share_key_value else 2
+  heads = () if num_kv_heads is None else (num_kv_heads,)
+  return (count, *heads, projected_length, length)
+
+
 def draw_projection(rng: jax.Array, projected_length: int, length: int, *,
                     share_key_value: bool = False,
+                    num_kv_heads: int | None = None,
                     dtype: DTypeLike = jnp.float32) -> jax.Array:
-  """E and F, `[2, k, n]` (`[1, k, n]` shared), Gaussian with variance 1 / k:
-  the paper's construction, and a layer's initial value."""
-  count = 1 if share_key_value else 2
-  return (jax.random.normal(rng, (count, projected_length, length), dtype) /
+  """E and F, shaped as `projection_shape` says, Gaussian with variance
+  1 / k: the paper's construction, and a layer's initial value."""
+  shape = projection_shape(projected_length, length,
+                           share_key_value=share_key_value,
+                           num_kv_heads=num_kv_heads)
+  return (jax.random.normal(rng, shape, dtype) /
           jnp.sqrt(jnp.asarray(projected_length, dtype)))
 
 
-def _projections(projection, S, *, projected_length, share_key_value, seed):
-  """(E, F), each `[k, S]`, from the argument or the default draw."""
-  count = 1 if share_key_value else 2
+def _projections(projection, S, K, *, projected_length, share_key_value,
+                 share_heads, seed):
+  """(E, F), each `[K, k, S]` (K = 1 when heads share them), from the
+  argument or the default draw."""
+  heads = None if share_heads else K
   if projection is None:
     projection = draw_projection(jax.random.key(seed), projected_length, S,
-                                 share_key_value=share_key_value)
+                                 share_key_value=share_key_value,
+                                 num_kv_heads=heads)
   projection = jnp.asarray(projection)
-  if (projection.ndim != 3 or projection.shape[:2] != (count,
-                                                       projected_length)
-      or projection.shape[2] < S):
+  want = projection_shape(projected_length, S,
+                          share_key_value=share_key_value, num_kv_heads=heads)
+  if (projection.shape[:-1] != want[:-1] or projection.shape[-1] < S):
+    named = '[count, k, n]' if share_heads else '[count, K, k, n]'
     raise ValueError(
-        f'projection must be [{count}, k, n] = [{count}, {projected_length}, '
-        f'n] with n >= S={S} (share_key_value={share_key_value}), got shape '
-        f'{projection.shape}')
-  projection = projection[:, :, :S]
+        f'projection must be {named} = {list(want[:-1]) + ["n"]} with n >= '
+        f'S={S} (share_key_value={share_key_value}, share_heads='
+        f'{share_heads}), got shape {projection.shape}')
+  projection = projection[..., :S]
+  if share_heads:
+    projection = projection[:, None]
   return projection[0], projection[-1]
 
 
@@ -111,7 +139,8 @@ def linformer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                         key_value_seq_lengths: ArrayLike | None = None,
                         local_window_size: int | tuple[int, int] | None = None,
                         projected_length: int, sequence_length: int,
-                        share_key_value: bool, seed: int,
+                        share_key_value: bool, share_heads: bool,
+                        share_layers: bool, seed: int,
                         projection: ArrayLike | None = None,
                         dropout_rng: jax.Array | None = None,
                         dropout_rate: float = 0.0,
@@ -136,11 +165,13 @@ def linformer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     query_seq_lengths, key_value_seq_lengths: optional int `[B]`; padded
       keys and values are zeroed before the projection, padded queries
       output zeros.
-    projected_length, sequence_length, share_key_value, seed: the options
-      (`LinformerOptions`).
+    projected_length, sequence_length, share_key_value, share_heads,
+      share_layers, seed: the options (`LinformerOptions`); share_layers
+      is the model's to honour.
     projection: optional `[2, k, n]` (E, F), or `[1, k, n]` with
-      `share_key_value`, n >= S: a layer's learned projections. Default: a
-      Gaussian draw from `jax.random.key(seed)`.
+      `share_key_value`, n >= S; `[2 or 1, K, k, n]` without `share_heads`:
+      a layer's learned projections. Default: a Gaussian draw from
+      `jax.random.key(seed)`.
     logits_soft_cap: optional; caps the projected logits.
     dropout_rng, dropout_rate, broadcast_dropout, deterministic: Flax's
       `attention_fn` keywords, as in `blockwise_attention`.
@@ -151,7 +182,7 @@ def linformer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
 
   Cost: O(B (K S + N T) k H) time, O(B N T k) memory: linear in T and S.
   """
-  del dropout_rng, broadcast_dropout, sequence_length
+  del dropout_rng, broadcast_dropout, sequence_length, share_layers
   if is_causal:
     raise ValueError(f'is_causal=True: {NOT_CAUSAL}')
   arguments.refuse('linformer_attention', _UNSUPPORTED, bias=bias, mask=mask,
@@ -165,12 +196,15 @@ def linformer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
       return_residual=return_residual, logits_soft_cap=logits_soft_cap)
   if args.dims.T == 0 or args.dims.S == 0:
     return arguments.empty_output(args)
-  E, F = _projections(projection, args.dims.S,
+  E, F = _projections(projection, args.dims.S, args.dims.K,
                       projected_length=projected_length,
-                      share_key_value=share_key_value, seed=seed)
-  # Sums over the whole sequence: in float32 whatever the input dtype.
-  project = lambda P_kS, x_BSKH: jnp.einsum(
-      'RS,BSKH->BRKH', P_kS.astype(jnp.float32),
+                      share_key_value=share_key_value,
+                      share_heads=share_heads, seed=seed)
+  # Sums over the whole sequence: in float32 whatever the input dtype. A
+  # shared projection ([1, k, S]) broadcasts over the K heads.
+  project = lambda P_KRS, x_BSKH: jnp.einsum(
+      'KRS,BSKH->BRKH', jnp.broadcast_to(
+          P_KRS, (x_BSKH.shape[2],) + P_KRS.shape[1:]).astype(jnp.float32),
       x_BSKH.astype(jnp.float32), precision=precision).astype(x_BSKH.dtype)
   # args.key and args.value are zero past key_value_seq_lengths already.
   # Exact attention over the k projected rows, in tiles (O(T) memory).

@@ -17,7 +17,16 @@ to every position and every position attends to them:
 `global_tokens=g` makes the first g positions global in every example;
 `global_positions` (int `[B, P]`, entries below 0 unused) lists them per
 example; both may be given. The paper also gives global attention its own
-query, key and value projections: that is the model layer's to own.
+query, key and value projections (Q_g, K_g, V_g, Section 3.1): pass
+`global_query`, `global_key` and `global_value` (shaped as query, key and
+value) and the global rows attend with them,
+
+  out_i = softmax_j(Q_g,i . K_g,j) V_g   for i in G (over every allowed j),
+
+while every other row attends with the local projections, global keys
+included, as in the paper and its reference code. The model layer
+(`models.layers.LongformerAttention`, option `global_projections=True`)
+owns and computes them.
 
 Computed as exact attention under the pattern (`attention.sparse.
 patterned`): the window by tile skipping (residue-major when dilated, where
@@ -58,6 +67,9 @@ class LongformerOptions(blockwise.BlockwiseOptions):
   dilation: int = 1  # d: every d-th position within w d (1: none)
   global_tokens: int = 0  # g: the first g positions are global in every
                           # example (a classification token: 1)
+  global_projections: bool = False  # global rows attend with their own
+                                    # query, key and value projections
+                                    # (the model layer owns them)
   query_chunk_size: int = 128  # C_q, query rows per tile
   key_chunk_size: int = 128  # C_k, key columns per tile
 
@@ -68,6 +80,8 @@ class LongformerOptions(blockwise.BlockwiseOptions):
     options_lib.check_positive_int(where, 'dilation', self.dilation)
     options_lib.check_positive_int(where, 'global_tokens',
                                    self.global_tokens, allow_zero=True)
+    options_lib.check_bool(where, 'global_projections',
+                           self.global_projections)
 
 
 def parts(options: LongformerOptions, T=None, S=None,
@@ -115,7 +129,7 @@ def pattern(options: LongformerOptions | None = None, global_positions=None,
 longformer_attention = patterned.mechanism(
     'longformer_attention', LongformerOptions, parts,
     data=('global_positions',), module=__name__,
-    global_positions=positions_of)
+    global_positions=positions_of, global_projections=True)
 longformer_attention.__doc__ = f"""Longformer attention.
 
   Beltagy et al. 2020, arXiv 2004.05150: a sliding window of `window`
@@ -126,8 +140,12 @@ longformer_attention.__doc__ = f"""Longformer attention.
   Args:
 {patterned.ARGUMENTS_DOC}    global_positions: optional int `[B, P]`: each example's global
       positions (entries below 0, or past T, unused; repeats count once).
-    window, dilation, global_tokens, query_chunk_size, key_chunk_size: the
-      options (`LongformerOptions`), as keywords or `options=`.
+    global_query, global_key, global_value: optional, shaped as query, key
+      and value: the global rows' own projections (all three or none;
+      self-attention of a whole sequence only).
+    window, dilation, global_tokens, global_projections, query_chunk_size,
+      key_chunk_size: the options (`LongformerOptions`), as keywords or
+      `options=`; `global_projections=True` requires the three arrays.
 
 {patterned.RETURNS_DOC}
   Cost: O(B N T (2 w + 2 P) H) time, O(B N (C_q C_k + T H)) memory.
@@ -168,6 +186,13 @@ def step(state: kv_cache.KVCache | ring_cache.RingCache, query: ArrayLike,
     raise ValueError('longformer decoding takes no global_positions: where '
                      'they fall is known only once the sequence is; use '
                      'global_tokens for global first positions')
+  if options.global_projections:
+    if options.global_tokens:
+      raise ValueError('longformer decoding with global_tokens cannot take '
+                       'global_projections: the global rows would need a '
+                       'second cache of their own keys and values; decode '
+                       'with global_projections=False')
+    options = options.replace(global_projections=False)  # no global rows
   if isinstance(state, ring_cache.RingCache):
     # The ring holds the reach of the window; a narrower user window is a
     # mask, which a ring evaluates relative to the window (it is one).

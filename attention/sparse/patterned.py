@@ -99,8 +99,8 @@ def signature(options_type: type[options_lib.Options],
 def mechanism(name: str, options_type: type[options_lib.Options],
               parts: Callable[..., Sequence[Part]],
               data: Sequence[str] = (), module: str | None = None,
-              global_positions: Callable[..., object] | None = None
-              ) -> Callable:
+              global_positions: Callable[..., object] | None = None,
+              global_projections: bool = False) -> Callable:
   """A patterned attention function, decorated to take `options_type`
   (`module`: the defining module's name, for errors and docs).
 
@@ -108,30 +108,79 @@ def mechanism(name: str, options_type: type[options_lib.Options],
   `[T, S]` problem; `options` is the typed options. `data` names the mechanism's
   own array arguments (Longformer's global positions), which
   `global_positions(options, B, **data)` turns into the global positions
-  int `[B, P]` (None: none). The docstring is the caller's to set.
+  int `[B, P]` (None: none). With `global_projections`, the function also
+  takes `global_query`, `global_key` and `global_value` (shaped as query,
+  key and value): the global rows attend with those instead (Longformer's
+  separate projections). The docstring is the caller's to set.
   """
   option_names = options_type.names()
   chunk_names = blockwise.BlockwiseOptions.names()
+  projected = GLOBAL_INPUTS if global_projections else ()
 
   def fn(query, key, value, bias=None, mask=None, **kwargs):
     options = options_type(**{n: kwargs.pop(n) for n in option_names})
     extra = {n: kwargs.pop(n, None) for n in data}
+    given = [kwargs.pop(n, None) for n in projected]
+    if getattr(options, 'global_projections', False) and None in given:
+      raise ValueError(f'{name}: global_projections=True needs the global '
+                       f'rows\' own {", ".join(projected)} (the model layer '
+                       'computes them)')
     chunks = {n: getattr(options, n) for n in chunk_names}
     positions = None if global_positions is None else (
         lambda B: global_positions(options, B, **extra))
     causal = kwargs.get('is_causal', False)
     return attend(name, query, key, value, bias, mask, chunks=chunks,
                   parts=lambda T, S: parts(options, T, S, causal),
-                  global_positions=positions, **kwargs)
+                  global_positions=positions,
+                  global_qkv=_global_inputs(name, given), **kwargs)
 
   fn.__name__ = fn.__qualname__ = name
   fn.__module__ = module or __name__
-  fn.__signature__ = signature(options_type, data)
+  fn.__signature__ = signature(options_type, (*data, *projected))
   return arguments_lib.any_batch_rank(options_lib.takes(options_type)(fn))
 
 
+GLOBAL_INPUTS = ('global_query', 'global_key', 'global_value')
+
+
+def _global_inputs(name, given):
+  """`(global_query, global_key, global_value)`, or None when none is
+  given; a ValueError when only some are."""
+  if all(x is None for x in given):
+    return None
+  missing = [n for n, x in zip(GLOBAL_INPUTS, given) if x is None]
+  if missing:
+    raise ValueError(f'{name}: global projections need all of '
+                     f'{", ".join(GLOBAL_INPUTS)}; missing {missing}')
+  return tuple(given)
+
+
+def _checked_global_inputs(name, args, global_qkv, query_offset, bias, score):
+  """The global projections in the inputs' dtype, after checking that
+  they match the inputs and that the call is one they can serve."""
+  refused = [n for n, used in [('query_offset', query_offset is not None),
+                               ('bias', bias is not None),
+                               ('score', score is not None),
+                               ('alibi_slopes', args.alibi_slopes is not None),
+                               ('cross-attention (T != S)',
+                                args.dims.T != args.dims.S)] if used]
+  if refused:
+    raise ValueError(f'{name}: global projections serve self-attention of '
+                     f'a whole sequence; they cannot combine with '
+                     f'{refused[0]}')
+  out = []
+  for n, x, like in zip(GLOBAL_INPUTS, global_qkv,
+                        (args.query, args.key, args.value)):
+    x = jnp.asarray(x)
+    if x.shape != like.shape:
+      raise ValueError(f'{name}: {n} must have the shape of '
+                       f'{n.split("_")[1]}, {like.shape}, got {x.shape}')
+    out.append(x.astype(like.dtype))
+  return tuple(out)
+
+
 def attend(name, query, key, value, bias, mask, *, chunks, parts,
-           global_positions=None, scale=None, is_causal=False, query_seq_lengths=None,
+           global_positions=None, global_qkv=None, scale=None, is_causal=False, query_seq_lengths=None,
            key_value_seq_lengths=None, local_window_size=None,
            dropout_rng=None, dropout_rate=0.0, broadcast_dropout=True,
            deterministic=True, dtype=None, precision=None, module=None,
@@ -161,6 +210,9 @@ def attend(name, query, key, value, bias, mask, *, chunks, parts,
                for p in parts(T, S)]
   positions = None if global_positions is None else global_positions(
       args.dims.B)
+  if global_qkv is not None:
+    global_qkv = _checked_global_inputs(name, args, global_qkv, query_offset,
+                                        bias, score)
   kernel = lambda q, k, v, **more: blockwise.blockwise_attention(
       q, k, v, scale=args.scale, logits_soft_cap=args.logits_soft_cap,
       precision=precision, return_residual=return_residual, **chunks,
@@ -176,18 +228,27 @@ def attend(name, query, key, value, bias, mask, *, chunks, parts,
     pattern = pattern_mask(the_parts)
     if positions is not None:
       pattern = pattern | masks.global_tokens(positions)
-    return kernel(args.query, args.key, args.value, bias=bias,
-                  mask=masks.all_of(pattern, user),
-                  is_causal=is_causal, query_seq_lengths=args.q_len,
-                  key_value_seq_lengths=args.kv_len,
-                  local_window_size=args.window, alibi_slopes=args.alibi_slopes,
-                  query_offset=query_offset, score=score)
+    out = kernel(args.query, args.key, args.value, bias=bias,
+                 mask=masks.all_of(pattern, user),
+                 is_causal=is_causal, query_seq_lengths=args.q_len,
+                 key_value_seq_lengths=args.kv_len,
+                 local_window_size=args.window, alibi_slopes=args.alibi_slopes,
+                 query_offset=query_offset, score=score)
+    if positions is None or global_qkv is None:
+      return out
+    # The global rows again, from their own projections.
+    where = masks.all_of(
+        user, *masks.from_arguments(is_causal, args.window, args.q_len,
+                                    args.kv_len))
+    positions = unique_positions(positions, T)
+    return _global_rows(kernel, out, where, positions, *global_qkv)
   where = masks.all_of(
       user, *masks.from_arguments(is_causal, args.window, args.q_len,
                                   args.kv_len))
   inputs = (args.query, args.key, args.value)
   if positions is not None:
-    return _with_globals(kernel, the_parts[0], where, *inputs, positions)
+    return _with_globals(kernel, the_parts[0], where, *inputs, positions,
+                         global_qkv=global_qkv)
   split = (layouts.split_heads(*inputs, len(the_parts))
            if len(the_parts) > 1 else [inputs])
   outs = [_reordered(kernel, part, where, *qkv)
@@ -247,13 +308,30 @@ def gather_rows(x_BT, positions_BP):
   return jnp.where(used, rows, 0)
 
 
-def _with_globals(kernel, part: Part, where, query, key, value, positions):
+def _global_rows(kernel, out, where, positions, query, key, value):
+  """`out` with the rows of the global positions (unique, `[B, P]`)
+  replaced by their attention over every key allowed by `where`; `out` may
+  be `(out, log-sum-exp)`, the residual of `return_residual`."""
+  B, T = query.shape[:2]
+  rows = kernel(gather_rows(query, positions), key, value,
+                mask=layouts.Gathered(where, q_table=positions))
+  batch = jnp.arange(B)[:, None]
+  at = jnp.where(positions >= 0, positions, T)
+  put = lambda x, r: x.at[batch, at].set(r.astype(x.dtype), mode='drop')
+  if isinstance(out, tuple):
+    return tuple(put(x, r) for x, r in zip(out, rows))
+  return put(out, rows)
+
+
+def _with_globals(kernel, part: Part, where, query, key, value, positions,
+                  global_qkv=None):
   """Self-attention under a local pattern and global positions, at the cost
   of what it computes: the local pattern tiled as its part says, with the
   global keys (gathered, `[B, P]`) appended after the keys and hidden from
   the local segment; the global queries' rows (gathered) then attend to
-  every key and replace theirs."""
-  B, T = query.shape[:2]
+  every key and replace theirs, from `global_qkv` (their own projections)
+  where given."""
+  T = query.shape[1]
   positions = unique_positions(positions, T)
   P = positions.shape[1]
   local = masks.all_of(part.pattern, where, ~masks.listed_keys(positions))
@@ -277,8 +355,5 @@ def _with_globals(kernel, part: Part, where, query, key, value, positions):
   out = kernel(order(query), keys, values, mask=mask)
   if part.tiling == 'residue':
     out = layouts.from_residue(out, part.period, -(-T // part.period), T)
-  rows = kernel(gather_rows(query, positions), key, value,
-                mask=layouts.Gathered(where, q_table=positions))
-  batch = jnp.arange(B)[:, None]
-  return out.at[batch, jnp.where(positions >= 0, positions, T)].set(
-      rows.astype(out.dtype), mode='drop')
+  return _global_rows(kernel, out, where, positions,
+                      *(global_qkv or (query, key, value)))

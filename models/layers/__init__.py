@@ -6,8 +6,9 @@ state, picked by mechanism name.
 builds the layer registered for the mechanism (`layer_class(name)`):
 `MultiHeadAttention` for exact, linear and masked attention,
 `PerformerAttention` and `LSHAttention` (a random draw kept as state),
-`InfiniAttention` (learned gates), `XLAttention` (RoPE inside) and
-`LinformerAttention` (learned sequence projections).
+`InfiniAttention` (learned gates), `XLAttention` (RoPE inside),
+`LinformerAttention` (learned sequence projections) and
+`LongformerAttention` (the global rows' own projections).
 """
 
 from efficient_attention.attention.spec import AttentionSpec
@@ -18,6 +19,7 @@ from efficient_attention.models.layers.random_draws import (LSHAttention, Perfor
                                         RandomDrawAttention, RandomProjection,
                                         redraw_projections)
 from efficient_attention.models.layers.registry import register_layer, registered_layer
+from efficient_attention.models.layers.sparse import LongformerAttention
 
 
 def layer_class(name: str) -> type:
@@ -41,6 +43,7 @@ __all__ = [
     'InfiniAttention',
     'LSHAttention',
     'LinformerAttention',
+    'LongformerAttention',
     'MultiHeadAttention',
     'PerformerAttention',
     'RandomDrawAttention',

@@ -14,7 +14,8 @@ This class serves every mechanism that needs nothing but projections.
 Families that add parameters or state subclass it (`models.layers`):
 `layer_class(name)` picks the class registered for a mechanism, and
 `attention_layer(...)` builds it. Subclasses override `_kernel_arguments`
-(arrays the kernel takes besides the inputs) and set `rope_inside` when the
+(arrays the kernel takes besides the inputs) or `_input_arguments` (arrays
+computed from each call's inputs), and set `rope_inside` when the
 mechanism applies RoPE itself at positions it knows.
 """
 
@@ -129,15 +130,20 @@ class MultiHeadAttention(nnx.Module):
       arguments['rope_base'] = self.rope_base
     return arguments
 
-  def _project(self, x, context, q_positions, k_positions):
-    key, value = self.key(context), self.value(context)
-    if self.query is None:  # shared-QK
+  def _project(self, x, context, q_positions, k_positions,
+               projections=None):
+    """Queries, keys and values (normed, rotated), from this layer's
+    projections or from `projections` (query, key, value modules)."""
+    to_query, to_key, to_value = projections or (self.query, self.key,
+                                                 self.value)
+    key, value = to_key(context), to_value(context)
+    if to_query is None:  # shared-QK
       if context is not x:
         raise ValueError('a shared_qk layer does self-attention only, got a '
                          'context')
       query = key
     else:
-      query = self.query(x)
+      query = to_query(x)
     if self.query_norm is not None:
       query, key = self.query_norm(query), self.key_norm(key)
     if self.position == 'rope' and not self.rope_inside:
@@ -172,8 +178,24 @@ class MultiHeadAttention(nnx.Module):
     query, key, value = self._project(x, context, q_positions, k_positions)
     out = self.spec(query, key, value, mask=mask, is_causal=is_causal,
                     key_value_seq_lengths=key_value_seq_lengths,
-                    **self._kernel_arguments())
+                    **self._kernel_arguments(),
+                    **self._input_arguments(x, context, q_positions,
+                                            k_positions))
     return self.out(out)
+
+  def share_with(self, first: 'MultiHeadAttention') -> None:
+    """Ties the parameters this layer's options share across a model's
+    layers to those of `first`, the model's first attention layer of this
+    class; the stack calls it on every later one. None here (Linformer's
+    `share_layers` has some)."""
+    del first
+
+  def _input_arguments(self, x, context, q_positions, k_positions
+                       ) -> dict[str, Any]:
+    """Arrays the kernel takes that depend on this call's inputs (the
+    global rows' own projections of Longformer); none here."""
+    del x, context, q_positions, k_positions
+    return {}
 
   def init_state(self, batch_size: int, max_length: int) -> Any:
     """The mechanism's empty decoding state for this layer."""

@@ -39,7 +39,7 @@ def test_each_mechanism_gets_its_family_layer():
           'infini': layers.InfiniAttention,
           'xl': layers.XLAttention,
           'sparse_transformer': layers.MultiHeadAttention,
-          'longformer': layers.MultiHeadAttention,
+          'longformer': layers.LongformerAttention,
           'bigbird': layers.MultiHeadAttention,
           'linformer': layers.LinformerAttention}
   assert set(want) == set(attention.names())
@@ -95,3 +95,27 @@ def test_mixed_models_train_and_decode_like_their_forward_pass(pattern):
     logits, cache = decode(model, cache, x[:, t:t + 1])
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5,
                                rtol=1e-5)
+
+
+def test_longformer_global_rows_use_their_own_projections():
+  """With global_projections the layer owns a second set of projections,
+  which change the global rows' outputs and nothing else."""
+  spec = attention.AttentionSpec('longformer', {
+      'window': 2, 'global_tokens': 1, 'global_projections': True,
+      'query_chunk_size': 4, 'key_chunk_size': 4})
+  layer = models.attention_layer(16, 4, num_kv_heads=2, attention=spec,
+                                 rngs=nnx.Rngs(0))
+  plain = models.attention_layer(16, 4, num_kv_heads=2, attention='longformer',
+                                 rngs=nnx.Rngs(0))
+  assert layer.global_query.kernel.shape == layer.query.kernel.shape
+  assert plain.global_query is None
+  x = jax.random.normal(jax.random.key(1), (2, 11, 16))
+  before = layer(x)
+  for dense in (layer.global_query, layer.global_key, layer.global_value):
+    dense.kernel[...] = dense.kernel[...] * 2 + 0.1
+  after = layer(x)
+  changed = np.abs(np.asarray(after - before)).max(axis=(0, 2)) > 1e-6
+  np.testing.assert_array_equal(changed, np.arange(11) == 0)
+  with pytest.raises(ValueError, match='needs separate query projections'):
+    models.attention_layer(16, 4, attention=spec, shared_qk=True,
+                           rngs=nnx.Rngs(0))

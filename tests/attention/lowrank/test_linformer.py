@@ -23,9 +23,11 @@ def definition(q, k, v, projection, lengths=None):
     keep = (jnp.arange(k.shape[1])[None, :] < lengths[:, None])[..., None,
                                                                   None]
     k, v = jnp.where(keep, k, 0), jnp.where(keep, v, 0)
-  E, F = projection[0][:, :k.shape[1]], projection[-1][:, :k.shape[1]]
+  E, F = projection[0][..., :k.shape[1]], projection[-1][..., :k.shape[1]]
+  if E.ndim == 2:  # one pair for every head
+    E, F = (jnp.broadcast_to(P, (K,) + P.shape) for P in (E, F))
   # Projected rows are held in the input dtype, as the kernel holds them.
-  project = lambda P, x: jnp.einsum('RS,BSKH->BRKH', P, x.astype(
+  project = lambda P, x: jnp.einsum('KRS,BSKH->BRKH', P, x.astype(
       jnp.float32)).astype(x.dtype).astype(jnp.float32)
   k = jnp.repeat(project(E, k), N // K, axis=2)
   v = jnp.repeat(project(F, v), N // K, axis=2)
@@ -40,13 +42,16 @@ def inputs(dtype, seed=0):
   return [jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes)]
 
 
-@pytest.mark.parametrize('share,length,dtype', [
-    (False, T, jnp.float32), (True, 64, jnp.float32),
-    (False, 50, jnp.bfloat16)], ids=['E-F', 'shared-longer', 'bf16'])
-def test_equals_its_definition(share, length, dtype):
-  projection = linformer.draw_projection(jax.random.key(3), R, length,
-                                         share_key_value=share)
-  options = dict(projected_length=R, share_key_value=share)
+@pytest.mark.parametrize('share,heads,length,dtype', [
+    (False, True, T, jnp.float32), (True, True, 64, jnp.float32),
+    (False, False, 50, jnp.bfloat16)],
+    ids=['E-F', 'shared-longer', 'per-head-bf16'])
+def test_equals_its_definition(share, heads, length, dtype):
+  projection = linformer.draw_projection(
+      jax.random.key(3), R, length, share_key_value=share,
+      num_kv_heads=None if heads else K)
+  options = dict(projected_length=R, share_key_value=share,
+                 share_heads=heads)
   lengths = jnp.array([37, 20])
   reference.assert_same(
       functools.partial(attention.linformer_attention, projection=projection,
@@ -72,8 +77,13 @@ def test_refusals_name_the_argument():
     fn(q, k, v, is_causal=True)
   with pytest.raises(ValueError, match='does not support mask'):
     fn(q, k, v, mask=jnp.ones((T, T), bool))
-  with pytest.raises(ValueError, match=r'projection must be \[2, k, n\]'):
+  with pytest.raises(ValueError, match=r'projection must be \[count, k, n\]'):
     fn(q, k, v, projection=jnp.ones((2, R, T - 1)))
+  with pytest.raises(ValueError, match=r'must be \[count, K, k, n\] = '
+                     r'\[2, 2, 8, .n.\]'):
+    fn(q, k, v, projection=jnp.ones((2, R, T)), share_heads=False)
+  with pytest.raises(ValueError, match='share_layers must be'):
+    fn(q, k, v, share_layers=1)
   with pytest.raises(ValueError, match='no log-sum-exp'):
     fn(q, k, v, return_residual=True)
 
@@ -108,3 +118,28 @@ def test_memory_grows_linearly_in_the_length():
   sizes = [temp(n) for n in (1024, 2048, 4096)]
   for small, large in zip(sizes, sizes[1:]):
     assert large <= 2.2 * small, sizes
+
+
+def test_layers_share_one_projection_when_asked():
+  """share_layers ties every Linformer layer's projection to the first's:
+  one parameter, whose gradient is the sum of the untied layers'."""
+  def encoder(**options):
+    config = models.TransformerConfig(
+        vocab_size=32, model_dim=16, num_layers=3, num_heads=2, mlp_dim=32,
+        max_length=64, attention='linformer', attention_options=tuple(dict(
+            projected_length=8, sequence_length=64, **options).items()))
+    return models.Encoder(config, num_classes=3, rngs=nnx.Rngs(0))
+  tied, untied = encoder(share_layers=True), encoder()
+  projections = [b.attention.projection for b in tied.stack.blocks]
+  assert all(p is projections[0] for p in projections)
+  count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  assert count(untied) - count(tied) == 2 * 2 * 8 * 64
+  for block in untied.stack.blocks:  # the same values, held apart
+    block.attention.projection[...] = projections[0][...]
+  tokens = jnp.arange(40)[None] % 32
+  loss = lambda m: m.classify(m(tokens)).sum()
+  np.testing.assert_allclose(loss(tied), loss(untied), rtol=1e-6)
+  tied_grad = nnx.grad(loss)(tied).stack.blocks[0].attention.projection[...]
+  untied_grads = nnx.grad(loss)(untied).stack.blocks
+  total = sum(untied_grads[i].attention.projection[...] for i in range(3))
+  np.testing.assert_allclose(tied_grad, total, rtol=1e-4, atol=1e-7)

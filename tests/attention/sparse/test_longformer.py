@@ -111,3 +111,72 @@ def test_global_positions_cannot_decode_and_options_are_checked():
     attention.longformer_attention(q, k, v, dilation=0)
   with pytest.raises(ValueError, match=r'global_positions must be .*\[B, P\]'):
     attention.longformer_attention(q, k, v, global_positions=jnp.arange(3))
+
+
+def global_reference(options, is_causal):
+  """Section 3.1 with two sets of projections: the local rows under the
+  pattern (global keys from the local set), the global rows over every
+  key from the global set."""
+  dense = lf.pattern(global_positions=GLOBALS, batch_size=B,
+                     **options).dense(T, T)
+  dense = jnp.asarray(np.broadcast_to(dense, (B, T, T))[:, None])
+  listed = np.zeros((B, T), bool)
+  listed[:, :options['global_tokens']] = True
+  for b, row in enumerate(GLOBALS):
+    listed[b, row[(row >= 0) & (row < T)]] = True
+
+  def fn(q, k, v, gq, gk, gv):
+    local = attention.dot_product_attention(q, k, v, mask=dense,
+                                            is_causal=is_causal)
+    rows = attention.dot_product_attention(gq, gk, gv, is_causal=is_causal)
+    return jnp.where(listed[:, :, None, None], rows, local)
+  return fn
+
+
+@pytest.mark.parametrize('path', ['reordered', 'mask'])
+def test_global_rows_attend_with_their_own_projections(path):
+  """Outputs and the gradients of all six inputs against the reference;
+  `return_residual` takes the mask path."""
+  options = dict(window=4, dilation=2, global_tokens=1)
+  q, k, v, weights = inputs(jnp.float32)
+  gq, gk, gv, _ = inputs(jnp.float32, seed=1)
+
+  def got(*qkv):
+    out = attention.longformer_attention(
+        *qkv[:3], global_query=qkv[3], global_key=qkv[4],
+        global_value=qkv[5], global_positions=GLOBALS, is_causal=True,
+        global_projections=True, return_residual=path == 'mask',
+        **options, **CHUNKS)
+    return out[0] if path == 'mask' else out
+
+  want = global_reference(options, is_causal=True)
+  program = lambda fn: jax.jit(jax.grad(
+      lambda *x: (jnp.sum(fn(*x) * weights), fn(*x)), argnums=range(6),
+      has_aux=True))
+  (got_grads, got_out), (want_grads, want_out) = (
+      program(fn)(q, k, v, gq, gk, gv) for fn in (got, want))
+  np.testing.assert_allclose(got_out, want_out, atol=2e-6)
+  for name, a, b in zip(['q', 'k', 'v', 'gq', 'gk', 'gv'], got_grads,
+                        want_grads):
+    np.testing.assert_allclose(a, b, atol=2e-5, err_msg=name)
+    assert float(jnp.abs(b).max()) > 0, name
+
+
+def test_global_projections_are_checked():
+  q, k, v, _ = inputs(jnp.float32)
+  fn = functools.partial(attention.longformer_attention, window=3,
+                         global_tokens=1)
+  with pytest.raises(ValueError, match="needs the global rows' own"):
+    fn(q, k, v, global_projections=True)
+  with pytest.raises(ValueError, match=r"missing \['global_value'\]"):
+    fn(q, k, v, global_query=q, global_key=k)
+  with pytest.raises(ValueError, match='global_key must have the shape of '
+                     'key'):
+    fn(q, k, v, global_query=q, global_key=q, global_value=v)
+  with pytest.raises(ValueError, match='cannot combine with query_offset'):
+    fn(q, k, v, global_query=q, global_key=k, global_value=v,
+       query_offset=0)
+  state = lf.init_state(B, 2, H, max_length=40, window=3, global_tokens=1)
+  with pytest.raises(ValueError, match='second cache'):
+    lf.step(state, q[:, :1], k[:, :1], v[:, :1], window=3, global_tokens=1,
+            global_projections=True)
