@@ -128,8 +128,19 @@ def field_docs(options_type: type[Options]) -> dict[str, str]:
   a field; the documentation pages are generated from these comments (so
   they cannot drift from the code), and a test requires one per field. A
   comment continues on the lines below that hold only a comment starting in
-  the same column.
+  the same column. Fields inherited from a parent options class keep the
+  parent's comment unless redefined.
   """
+  docs = {}
+  for parent in reversed(options_type.__mro__[1:]):
+    if issubclass(parent, Options) and parent is not Options:
+      docs.update(_own_field_docs(parent))
+  docs.update(_own_field_docs(options_type))
+  return docs
+
+
+def _own_field_docs(options_type) -> dict[str, str]:
+  """The comments beside the fields defined in `options_type`'s body."""
   source = textwrap.dedent(inspect.getsource(options_type))
   [class_def] = ast.parse(source).body
   field_lines = {  # the last line of each field's statement -> its name

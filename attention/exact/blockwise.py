@@ -43,6 +43,7 @@ from efficient_attention.attention import options as options_lib
 from efficient_attention.attention.exact import reference
 from efficient_attention.attention import registry
 from efficient_attention.attention import shapes
+from efficient_attention.attention.exact import splash
 from efficient_attention.attention.exact import tiles
 
 
@@ -216,11 +217,16 @@ class BlockwiseOptions(options_lib.Options):
 
   query_chunk_size: int = 512  # C_q, query rows per tile
   key_chunk_size: int = 256  # C_k, key columns per tile
+  implementation: str = 'auto'  # 'auto': splash attention on a TPU where
+                                # it can express the call, else the scan;
+                                # 'scan'; 'splash' (interpreted off a TPU)
 
   def __post_init__(self):
     for name in ('query_chunk_size', 'key_chunk_size'):
       options_lib.check_positive_int('BlockwiseOptions', name,
                                      getattr(self, name))
+    options_lib.check_choice('BlockwiseOptions', 'implementation',
+                             self.implementation, splash.IMPLEMENTATIONS)
 
 
 @arguments.any_batch_rank
@@ -233,6 +239,7 @@ def blockwise_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                         key_value_seq_lengths: ArrayLike | None = None,
                         local_window_size: int | tuple[int, int] | None = None,
                         query_chunk_size: int, key_chunk_size: int,
+                        implementation: str,
                         dropout_rng: jax.Array | None = None,
                         dropout_rate: float = 0.0,
                         broadcast_dropout: bool = True,
@@ -272,6 +279,11 @@ def blockwise_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     query_chunk_size: query positions per tile, C_q. The defaults (512, 256)
       were the fastest of those tried on a 2-core AVX-512 CPU at N=8192.
     key_chunk_size: key positions per tile, C_k.
+    implementation: 'auto' (default): on a TPU, JAX's splash attention
+      kernel where it can express the call (`attention.exact.splash` says
+      what it takes), else the tiled scan; 'scan': always the scan;
+      'splash': always splash (Pallas interpret mode off a TPU, for tests),
+      ValueError where it cannot express the call.
     dropout_rng, dropout_rate, broadcast_dropout, deterministic: the
       dropout keywords Flax's attention layers pass; attention dropout
       raises ValueError.
@@ -322,8 +334,24 @@ def blockwise_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
   plan = tiles.Plan(scale=args.scale, T=T, S=S, G=G, Cq=Cq, Ck=Ck,
                     num_q=num_q, num_k=num_k, precision=precision)
   mask, dense_mask = masks.split(mask)
+  if mask is not None:
+    mask = masks.checked_batch(mask, B).bind(T, S)
+  if implementation != 'scan':
+    whole = masks.all_of(mask, *masks.from_arguments(is_causal, args.window,
+                                                     None, None))
+    reason = splash.reason_not_expressible(
+        T=T, S=S, H=H, bias=bias, dense_mask=dense_mask,
+        alibi_slopes=args.alibi_slopes, score=score, q_len=args.q_len,
+        kv_len=args.kv_len, query_offset=query_offset,
+        return_residual=return_residual, mask=whole)
+    if reason is None and (implementation == 'splash' or splash.on_tpu()):
+      return splash.attend(query, key, value, whole, scale=args.scale,
+                           logits_soft_cap=args.logits_soft_cap)
+    if implementation == 'splash':
+      raise ValueError(f"implementation='splash': {reason}; use 'auto' to "
+                       'fall back to the scan')
   mask = masks.all_of(
-      masks.checked_batch(mask, B).bind(T, S) if mask is not None else None,
+      mask,
       *masks.from_arguments(is_causal, args.window, args.q_len, args.kv_len),
       masks.key_lengths(S) if Sp != S else None)  # padded keys
   if bias is not None:

@@ -107,8 +107,8 @@ def draw_projection(rng: jax.Array, projected_length: int, length: int, *,
 
 def _projections(projection, S, K, *, projected_length, share_key_value,
                  share_heads, seed):
-  """(E, F), each `[K, k, S]` (K = 1 when heads share them), from the
-  argument or the default draw."""
+  """(E, F), each `[k, S]` (`[K, k, S]` without headwise sharing), from
+  the argument or the default draw."""
   heads = None if share_heads else K
   if projection is None:
     projection = draw_projection(jax.random.key(seed), projected_length, S,
@@ -124,8 +124,6 @@ def _projections(projection, S, K, *, projected_length, share_key_value,
         f'S={S} (share_key_value={share_key_value}, share_heads='
         f'{share_heads}), got shape {projection.shape}')
   projection = projection[..., :S]
-  if share_heads:
-    projection = projection[:, None]
   return projection[0], projection[-1]
 
 
@@ -200,12 +198,11 @@ def linformer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                       projected_length=projected_length,
                       share_key_value=share_key_value,
                       share_heads=share_heads, seed=seed)
-  # Sums over the whole sequence: in float32 whatever the input dtype. A
-  # shared projection ([1, k, S]) broadcasts over the K heads.
-  project = lambda P_KRS, x_BSKH: jnp.einsum(
-      'KRS,BSKH->BRKH', jnp.broadcast_to(
-          P_KRS, (x_BSKH.shape[2],) + P_KRS.shape[1:]).astype(jnp.float32),
-      x_BSKH.astype(jnp.float32), precision=precision).astype(x_BSKH.dtype)
+  # Sums over the whole sequence: in float32 whatever the input dtype.
+  spec = 'RS,BSKH->BRKH' if share_heads else 'KRS,BSKH->BRKH'
+  project = lambda P, x_BSKH: jnp.einsum(
+      spec, P.astype(jnp.float32), x_BSKH.astype(jnp.float32),
+      precision=precision).astype(x_BSKH.dtype)
   # args.key and args.value are zero past key_value_seq_lengths already.
   # Exact attention over the k projected rows, in tiles (O(T) memory).
   return blockwise.blockwise_attention(
