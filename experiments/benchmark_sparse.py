@@ -6,7 +6,11 @@ alternating with dense (unmasked, bidirectional) blockwise attention at the
 same N (`experiments.timing`). "density" is the share of query-key pairs
 the pattern keeps, measured on evenly spaced query rows; "time / (density x
 dense)" is 1.0 when time is exactly proportional to the work kept (the
-target is at most 1.5). Linformer's rows give its projected length k
+target is at most 1.5). Dense blockwise also runs at each pattern's tile
+sizes (128 x 128; 64 x 64 for BigBird), and "... x dense at its tiles"
+divides by that instead: what is left once the speed of a small tile is
+set aside (tiles coarser than the pattern, gathers and reorders, the loop
+over a list of tiles). Linformer's rows give its projected length k
 instead, and its density is k / N. `jax.nn.dot_product_attention` with the
 equivalent dense mask runs up to `--jax_nn_up_to` (its logits and mask are
 N^2 arrays).
@@ -87,10 +91,27 @@ def _program(mode, fn):
                           argnums=(0, 1, 2)))
 
 
+def tiles_of(name: str) -> tuple[int, int] | None:
+  """The (query, key) tile sizes a pattern row runs at: its mechanism's
+  default chunk sizes."""
+  if name not in PATTERNS:
+    return None
+  options = attention.get(PATTERNS[name][0]).options()
+  return options.query_chunk_size, options.key_chunk_size
+
+
+def dense_name(tiles: tuple[int, int]) -> str:
+  return f'dense blockwise {tiles[0]}x{tiles[1]}'
+
+
 def candidates(n: int):
   """name -> (function of q, k, v, density) for length n."""
   heads = _HEADS.value
   out = {'dense blockwise': (attention.blockwise_attention, 1.0)}
+  for tiles in sorted({tiles_of(name) for name in PATTERNS}):
+    out[dense_name(tiles)] = (functools.partial(
+        attention.blockwise_attention, query_chunk_size=tiles[0],
+        key_chunk_size=tiles[1]), 1.0)
   for name, (mechanism, options, pattern) in PATTERNS.items():
     fn = functools.partial(attention.get(mechanism), **options)
     out[name] = (fn, density(pattern(), n, heads))
@@ -111,7 +132,7 @@ def measure(n: int, mode: str, dense_seconds=None):
   q, k, v = (jax.random.normal(x, shape) for x in keys)
   thunks, rows = {}, {}
   for name, (fn, share) in candidates(n).items():
-    if name == 'dense blockwise' and n > _DENSE_UP_TO.value:
+    if name.startswith('dense blockwise') and n > _DENSE_UP_TO.value:
       continue
     compiled = _program(mode, fn).lower(q, k, v).compile()
     rows[name] = dict(length=n, mode=mode, mechanism=name, density=share,
@@ -128,6 +149,11 @@ def measure(n: int, mode: str, dense_seconds=None):
   for row in rows.values():
     row['dense_seconds'], row['dense_estimated'] = dense, estimated
     row['time_vs_density_dense'] = row['seconds'] / (row['density'] * dense)
+    tiles = tiles_of(row['mechanism'])
+    same = rows.get(dense_name(tiles), {}).get('seconds') if tiles else None
+    row['dense_same_tiles_seconds'] = same
+    row['time_vs_density_dense_same_tiles'] = (
+        None if same is None else row['seconds'] / (row['density'] * same))
   return list(rows.values())
 
 
@@ -137,8 +163,8 @@ def main(argv):
   print(f'sparse family vs dense blockwise, B=1, N=K={_HEADS.value}, '
         f'H={_HEAD_DIM.value}, float32, bidirectional, on {device}')
   print('| mechanism | N | mode | density | median s | temp MB | '
-        'time / (density x dense) |')
-  print('|---|---|---|---|---|---|---|')
+        'time / (density x dense) | ... x dense at its tiles |')
+  print('|---|---|---|---|---|---|---|---|')
   results, dense_seconds = [], {}
   for n in map(int, _LENGTHS.value):
     for mode in _MODES.value:
@@ -148,9 +174,12 @@ def main(argv):
           dense_seconds[mode] = {n: row['seconds']}
         results.append(row)
         note = ' (dense time estimated)' if row['dense_estimated'] else ''
+        same = row['time_vs_density_dense_same_tiles']
+        same = '' if same is None else f'{same:.2f}'
         print(f"| {row['mechanism']} | {n} | {mode} | {row['density']:.4f} | "
               f"{row['seconds']:.4f} | {row['temp_bytes'] / 1e6:.1f} | "
-              f"{row['time_vs_density_dense']:.2f}{note} |", flush=True)
+              f"{row['time_vs_density_dense']:.2f}{note} | {same} |",
+              flush=True)
   timing.write_rows(_OUTPUT.value, results)
   if _PLOT.value:
     plot(results, _PLOT.value, device)
@@ -165,7 +194,7 @@ def plot(results, path, device):
   axes = np.atleast_1d(axes)
   for i, mode in enumerate(modes):
     for name in sorted({r['mechanism'] for r in results}):
-      if name.startswith('jax.nn'):
+      if name.startswith(('jax.nn', 'dense blockwise ')):
         continue
       rows = sorted((r for r in results if r['mode'] == mode and
                      r['mechanism'] == name), key=lambda r: r['length'])

@@ -50,9 +50,10 @@ def median_seconds(thunks, repeats):
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def write_rows(path: str | None, rows) -> None:
-  """Writes `{device, rows}` as JSON to `path` (nothing when None)."""
+def write_rows(path: str | None, rows, **context) -> None:
+  """Writes `{device, **context, rows}` as JSON to `path` (nothing when
+  None)."""
   if path:
     with open(path, 'w') as f:
-      json.dump(dict(device=jax.devices()[0].device_kind, rows=rows), f,
-                indent=1)
+      json.dump(dict(device=jax.devices()[0].device_kind, **context,
+                     rows=rows), f, indent=1)
