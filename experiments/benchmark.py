@@ -68,22 +68,8 @@ _MATMUL_SIZES = flags.DEFINE_list(
 BASELINE = 'jax.nn'
 
 
-def matmul_rate(dtype, sizes=(1024, 2048, 4096), repeats=5):
-  """Best median GFLOP/s of square matmuls of these sizes."""
-  best = 0.0
-  for n in sizes:
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y).lower(a, a).compile()
-    thunks = {'mm': lambda: f(a, a)}
-    timing.warm_up(thunks)
-    seconds = timing.median_seconds(thunks, repeats)['mm']
-    best = max(best, 2 * n**3 / seconds / 1e9)
-  return best
-
-
-def attention_flops(b, n, t, s, h, causal, mode):
-  forward = 4 * b * n * t * s * h * (0.5 if causal else 1.0)
-  return forward * (3.5 if mode == 'forward_backward' else 1.0)
+matmul_rate = timing.matmul_rate
+attention_flops = timing.attention_flops
 
 
 def _function(name, options, causal, mode):

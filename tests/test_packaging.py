@@ -99,7 +99,10 @@ def test_the_wheel_holds_one_import_name_and_declares_extras(wheel):
   core = sorted(r.split('>=')[0] for r in requires if 'extra ==' not in r)
   assert core == ['jax', 'numpy']  # the attention functions need no more
   assert set(message.get_all('Provides-Extra')) == {'models', 'train', 'test',
-                                                    'docs'}
+                                                    'docs', 'torch'}
+  # torch is one benchmark's, in its own extra and no other.
+  assert [r for r in requires if r.startswith('torch')] == [
+      r for r in requires if 'extra == "torch"' in r] != []
   assert any(r.startswith('flax') and 'extra == "models"' in r
              for r in requires)
   assert any(r.startswith('orbax-checkpoint') and 'extra == "train"' in r

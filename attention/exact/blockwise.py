@@ -59,6 +59,17 @@ def _forward(plan: tiles.Plan, q, k, v, extras):
   R, Ck = plan.R, plan.Ck
   order, partial, count = (jnp.asarray(x) for x in tiles.tile_lists(
       plan, extras[2], extras[4])[0])
+  key_chunk_of = _key_chunk
+  if plan.num_q > 1 and k.dtype != jnp.float32:
+    # Every key chunk is visited by several query chunks: in 16-bit dtypes
+    # lay keys and values out [B, K, S, H] once rather than transposing a
+    # chunk per tile (bfloat16 on CPU, N=8192 causal: forward 0.76x,
+    # forward+backward 0.78x the time, for 2 S K H bytes more; float32
+    # gains nothing, so it keeps the per-tile slices and its memory). A
+    # decoding step, one query chunk, slices its own.
+    k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))
+    key_chunk_of = lambda x, j, size: lax.dynamic_slice_in_dim(
+        x, j * size, size, axis=2)
 
   def query_chunk(i, carry):
     out, lse = carry
@@ -67,7 +78,7 @@ def _forward(plan: tiles.Plan, q, k, v, extras):
     def key_chunk(full, n, state):
       m, l, acc = state
       j = order[i, n]
-      k_j, v_j = _key_chunk(k, j, Ck), _key_chunk(v, j, Ck)
+      k_j, v_j = key_chunk_of(k, j, Ck), key_chunk_of(v, j, Ck)
       s = tiles.tile_logits(plan, q_i, k_j, i, j, extras, full)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       # Rows that saw only masked keys so far have m_new = NEG_INF and gather

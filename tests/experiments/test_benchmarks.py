@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
+import numpy as np
+
 from efficient_attention.experiments import benchmark
+from efficient_attention.experiments import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -136,3 +139,25 @@ def test_mask_and_decode_step_benchmarks_and_mask_pictures(tmp_path):
                '--length=16', '--chunk=4')
   assert 'causal: ' in stdout and (tmp_path / 'mask_bigbird.png').stat(
       ).st_size > 0
+
+
+def test_peak_rss_growth_sees_one_calls_allocation():
+  """The memory column of benchmark_torch: 64 MB written in a call show."""
+  growth = timing.peak_rss_growth(lambda: np.ones(8 * 2**20))
+  assert 60e6 < growth < 100e6, growth
+  assert abs(timing.peak_rss_growth(lambda: None)) < 16e6
+
+
+@pytest.mark.slow  # a smoke test; make test-slow (torch is not installed
+def test_torch_benchmark_without_torch(tmp_path):  # in CI: ours alone)
+  output = tmp_path / 'torch.json'
+  stdout = run('efficient_attention.experiments.benchmark_torch',
+               '--notorch', '--lengths=128', '--dtypes=float32',
+               '--repeats=1', '--heads=2', '--head_dim=16',
+               '--matmul_size=128', f'--output={output}')
+  assert '| 128 | float32 | forward_backward |' in stdout
+  rows = json.loads(output.read_text())['rows']
+  assert [r['mode'] for r in rows] == ['forward', 'forward_backward']
+  for row in rows:
+    assert row['blockwise seconds'] > 0
+    assert row['blockwise rss_growth_bytes'] > 0
