@@ -163,9 +163,9 @@ def linformer_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     query_seq_lengths, key_value_seq_lengths: optional int `[B]`; padded
       keys and values are zeroed before the projection, padded queries
       output zeros.
-    projected_length, sequence_length, share_key_value, share_heads,
-      share_layers, seed: the options (`LinformerOptions`); share_layers
-      is the model's to honour.
+    projected_length, sequence_length, share_key_value, share_heads, share_layers, seed:
+      the options (`LinformerOptions`); share_layers is the model's to
+      honour.
     projection: optional `[2, k, n]` (E, F), or `[1, k, n]` with
       `share_key_value`, n >= S; `[2 or 1, K, k, n]` without `share_heads`:
       a layer's learned projections. Default: a Gaussian draw from

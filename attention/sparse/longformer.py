@@ -143,9 +143,9 @@ longformer_attention.__doc__ = f"""Longformer attention.
     global_query, global_key, global_value: optional, shaped as query, key
       and value: the global rows' own projections (all three or none;
       self-attention of a whole sequence only).
-    window, dilation, global_tokens, global_projections, query_chunk_size,
-      key_chunk_size: the options (`LongformerOptions`), as keywords or
-      `options=`; `global_projections=True` requires the three arrays.
+    window, dilation, global_tokens, global_projections, query_chunk_size, key_chunk_size:
+      the options (`LongformerOptions`), as keywords or `options=`;
+      `global_projections=True` requires the three arrays.
 
 {patterned.RETURNS_DOC}
   Cost: O(B N T (2 w + 2 P) H) time, O(B N (C_q C_k + T H)) memory.
