@@ -351,7 +351,7 @@ def blockwise_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     whole = masks.all_of(mask, *masks.from_arguments(is_causal, args.window,
                                                      None, None))
     reason = splash.reason_not_expressible(
-        T=T, S=S, H=H, bias=bias, dense_mask=dense_mask,
+        T=T, S=S, bias=bias, dense_mask=dense_mask,
         alibi_slopes=args.alibi_slopes, score=score, q_len=args.q_len,
         kv_len=args.kv_len, query_offset=query_offset,
         return_residual=return_residual, mask=whole)

@@ -80,7 +80,7 @@ def split_documents(mask: masks_lib.Mask | None):
   return masks_lib.all_of(*others), (documents[0] if documents else None)
 
 
-def reason_not_expressible(*, T, S, H, bias, dense_mask, alibi_slopes,
+def reason_not_expressible(*, T, S, bias, dense_mask, alibi_slopes,
                            score, q_len, kv_len, query_offset,
                            return_residual, mask) -> str | None:
   """Why splash cannot compute this call (None: it can)."""
@@ -96,7 +96,6 @@ def reason_not_expressible(*, T, S, H, bias, dense_mask, alibi_slopes,
   if block_size(T) is None or block_size(S) is None:
     return (f'splash attention needs lengths that are multiples of 128, got '
             f'T={T}, S={S}')
-  del H
   try:
     positions, document = split_documents(mask)
   except ValueError as e:
